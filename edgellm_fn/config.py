@@ -387,10 +387,6 @@ def _parse_sliding_windows(
 ) -> tuple[int, ...]:
     """Per-layer sliding windows; Qwen2/3 use them only with ``use_sliding_window``."""
     if family == "llama" or not _get(raw, "use_sliding_window", bool, where, default=False):
-        layer_types = raw.get("layer_types")
-        if layer_types and any(t != "full_attention" for t in layer_types) and family != "llama":
-            # layer_types is derived from use_sliding_window by transformers; off means full.
-            pass
         return (0,) * layers
     window = _positive(raw, "sliding_window", where)
     layer_types = raw.get("layer_types")
