@@ -1,0 +1,51 @@
+"""edgellm_fn: a JAX-style functional runtime for LLM inference in the shape of TensorRT Edge-LLM."""
+
+from .config import DeploymentConfig as DeploymentConfig
+from .config import EngineConfig as EngineConfig
+from .config import ModelConfig as ModelConfig
+from .dims import InferenceDims as InferenceDims
+from .dims import decode_dims as decode_dims
+from .dims import prefill_dims as prefill_dims
+from .engine.protocol import Engine as Engine
+from .engine.spec import EngineSpec as EngineSpec
+from .engine.spec import build_llm_spec as build_llm_spec
+from .engine.xla import XlaEngine as XlaEngine
+from .errors import CheckpointError as CheckpointError
+from .errors import ConfigError as ConfigError
+from .errors import EngineError as EngineError
+from .errors import InputError as InputError
+from .models.loader import load_checkpoint as load_checkpoint
+from .runtime.steps import decode as decode
+from .runtime.steps import embed as embed
+from .runtime.steps import prefill as prefill
+from .state.kv import KVCache as KVCache
+from .state.resources import RuntimeState as RuntimeState
+from .state.resources import SharedResources as SharedResources
+from .state.resources import create_state as create_state
+from .tensor_map import build_tensor_map as build_tensor_map
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DeploymentConfig",
+    "Engine",
+    "EngineConfig",
+    "EngineError",
+    "EngineSpec",
+    "InferenceDims",
+    "InputError",
+    "KVCache",
+    "ModelConfig",
+    "RuntimeState",
+    "SharedResources",
+    "XlaEngine",
+    "build_llm_spec",
+    "build_tensor_map",
+    "create_state",
+    "decode",
+    "decode_dims",
+    "embed",
+    "load_checkpoint",
+    "prefill",
+    "prefill_dims",
+]

@@ -1,0 +1,1 @@
+"""Engines: the binding contract (spec), the provider protocol and the providers."""

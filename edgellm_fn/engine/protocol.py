@@ -1,0 +1,59 @@
+"""The provider-neutral ``Engine`` protocol (upstream's ``EngineExecutor``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+import jax
+
+from ..config import EngineConfig
+from ..dims import InferenceDims
+from .spec import EngineSpec
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Prepared:
+    """A validated binding set: profile and dims are static, tensors are leaves.
+
+    Attributes:
+      profile: optimization profile index (0 prefill, 1 decode/verify).
+      dims: symbolic dims of this step.
+      tensors: every input binding by name.
+    """
+
+    profile: int = dataclasses.field(metadata=dict(static=True))
+    dims: InferenceDims = dataclasses.field(metadata=dict(static=True))
+    tensors: dict[str, jax.Array]
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What the runtime drives; it never knows which provider is behind it."""
+
+    config: EngineConfig
+
+    @property
+    def spec(self) -> EngineSpec:
+        """Every binding, the two profiles and the aliased pairs."""
+        ...
+
+    def prepare(
+        self, profile: int, dims: InferenceDims, tensor_map: Mapping[str, jax.Array]
+    ) -> Prepared:
+        """Checks ``tensor_map`` against the spec for ``profile``/``dims`` and binds it."""
+        ...
+
+    def execute(self, prepared: Prepared) -> dict[str, jax.Array]:
+        """Runs one step; returns every output binding (``present_*`` alias ``past_*``)."""
+        ...
+
+
+def prepare_checked(
+    spec: EngineSpec, profile: int, dims: InferenceDims, tensor_map: Mapping[str, jax.Array]
+) -> Prepared:
+    """Shared ``prepare``: validate against ``spec`` then bind (used by every provider)."""
+    spec.validate(profile, dims, tensor_map)
+    return Prepared(profile=profile, dims=dims, tensors=dict(tensor_map))

@@ -1,0 +1,151 @@
+"""``EngineSpec``: the engine contract as data (upstream's ``TensorRegistry``).
+
+Each binding has a name, a direction, a dtype and a shape whose entries are fixed ints or products
+of ``InferenceDims`` fields. ``validate`` checks a tensor map against it at trace time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..config import EngineConfig
+from ..dims import ZERO_ALLOWED, InferenceDims
+from ..errors import EngineError
+
+Dim = int | tuple[str, ...]  # a fixed size, or the product of InferenceDims fields
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """One binding: ``shape`` entries are ints or tuples of ``InferenceDims`` field names."""
+
+    name: str
+    io: str  # "in" | "out"
+    dtype: str
+    shape: tuple[Dim, ...]
+
+    def resolve(self, dims: InferenceDims) -> tuple[int, ...]:
+        out = []
+        for d in self.shape:
+            if isinstance(d, int):
+                out.append(d)
+            else:
+                out.append(int(np.prod([dims.value(f) for f in d])))
+        return tuple(out)
+
+    def referenced(self) -> set[str]:
+        return {f for d in self.shape if not isinstance(d, int) for f in d}
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """An optimization profile: inclusive ``(min, max)`` ranges of batch and sequence length."""
+
+    batch: tuple[int, int]
+    seq_len: tuple[int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSpec:
+    """Every binding of an engine, its profiles, and which outputs alias which inputs."""
+
+    bindings: tuple[TensorSpec, ...]
+    profiles: tuple[Profile, ...]
+    aliases: tuple[tuple[str, str], ...]  # (output, input)
+
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return tuple(b for b in self.bindings if b.io == "in")
+
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return tuple(b for b in self.bindings if b.io == "out")
+
+    def __getitem__(self, name: str) -> TensorSpec:
+        for b in self.bindings:
+            if b.name == name:
+                return b
+        raise KeyError(name)
+
+    def check_dims(self, profile: int, dims: InferenceDims) -> None:
+        """Rejects a profile index or dims outside the profile's ranges."""
+        if not 0 <= profile < len(self.profiles):
+            raise EngineError(
+                f"EngineSpec: profile={profile} (expected 0..{len(self.profiles) - 1})"
+            )
+        used = set().union(*(b.referenced() for b in self.bindings))
+        for field in sorted(used):
+            value = dims.value(field)
+            if value < (0 if field in ZERO_ALLOWED else 1):
+                raise EngineError(f"EngineSpec: dims.{field}={value} (expected >= 1)")
+        p = self.profiles[profile]
+        for field, (lo, hi) in (("batch", p.batch), ("seq_len", p.seq_len)):
+            if not lo <= dims.value(field) <= hi:
+                raise EngineError(
+                    f"EngineSpec: dims.{field}={dims.value(field)} (expected {lo}..{hi} in "
+                    f"profile {profile}); the engine was built for these limits"
+                )
+
+    def validate(self, profile: int, dims: InferenceDims, tensor_map: Mapping[str, object]) -> None:
+        """Checks names, shapes and dtypes of every input (and any output given) in the map.
+
+        Raises:
+          EngineError: naming the binding and the expected vs actual shape/dtype.
+        """
+        self.check_dims(profile, dims)
+        known = {b.name for b in self.bindings}
+        for name in tensor_map:
+            if name not in known:
+                raise EngineError(f"tensor map: unknown binding {name!r} (not in the engine spec)")
+        for b in self.bindings:
+            if b.name not in tensor_map:
+                if b.io == "in":
+                    raise EngineError(
+                        f"tensor map: missing input binding {b.name!r} (expected {b.dtype} "
+                        f"{list(b.resolve(dims))}); build_tensor_map should have provided it"
+                    )
+                continue
+            t = tensor_map[b.name]
+            shape, dtype = tuple(t.shape), np.dtype(t.dtype).name
+            if shape != b.resolve(dims):
+                raise EngineError(
+                    f"tensor map: {b.name} has shape {list(shape)} (expected "
+                    f"{list(b.resolve(dims))} for profile {profile})"
+                )
+            if dtype != b.dtype:
+                raise EngineError(f"tensor map: {b.name} has dtype {dtype} (expected {b.dtype})")
+
+
+def build_llm_spec(cfg: EngineConfig, max_decode_len: int = 1) -> EngineSpec:
+    """The base-LLM contract of DESIGN.md section 3 for ``cfg``.
+
+    Args:
+      cfg: engine config (dims, limits, dtypes).
+      max_decode_len: most tokens per row in profile 1 (1 for vanilla decode).
+    """
+    m = cfg.model
+    batch, seq = ("batch",), ("seq_len",)
+    bindings = [
+        TensorSpec("inputs_embeds", "in", cfg.dtype, (batch, seq, m.hidden_size)),
+        TensorSpec("context_lengths", "in", "int32", (batch,)),
+        TensorSpec("kvcache_start_index", "in", "int32", (("start_index_len",),)),
+        TensorSpec("rope_rotary_cos_sin", "in", "float32",
+                   (("rope_batch",), ("kv_len",), m.rope.rotary_dim)),
+        TensorSpec("last_token_ids", "in", "int32", (batch, ("select_len",))),
+    ]
+    kv_shape = (batch, m.num_key_value_heads, ("kv_len",), m.head_dim)
+    aliases = []
+    for i in range(m.num_hidden_layers):
+        for kind in ("key", "value"):
+            bindings.append(TensorSpec(f"past_{kind}_{i}", "in", cfg.kv_dtype, kv_shape))
+    bindings.append(TensorSpec("logits", "out", "float32", (("batch", "select_len"), m.vocab_size)))
+    for i in range(m.num_hidden_layers):
+        for kind in ("key", "value"):
+            bindings.append(TensorSpec(f"present_{kind}_{i}", "out", cfg.kv_dtype, kv_shape))
+            aliases.append((f"present_{kind}_{i}", f"past_{kind}_{i}"))
+    profiles = (
+        Profile(batch=(1, cfg.max_batch_size), seq_len=(1, cfg.max_input_len)),
+        Profile(batch=(1, cfg.max_batch_size), seq_len=(1, max_decode_len)),
+    )
+    return EngineSpec(bindings=tuple(bindings), profiles=profiles, aliases=tuple(aliases))

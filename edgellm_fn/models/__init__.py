@@ -1,0 +1,1 @@
+"""Model definitions (the xla provider's network) and checkpoint loading."""

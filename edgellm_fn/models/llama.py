@@ -1,0 +1,203 @@
+"""The Llama-family decoder (Llama 3.x, Qwen2/2.5, Qwen3) in JAX, numerically as ``transformers``.
+
+Params pytree (linear weights stored ``[in, out]``; q/k/v and gate/up fused at load time)::
+
+    {"embed": [V, H], "final_norm": [H], "lm_head": [H, V] (absent when tied),
+     "layers": [{"attn_norm": [H], "wqkv": [H, (Hq+2Hkv)*D], "bqkv": [(Hq+2Hkv)*D]?,
+                 "wo": [Hq*D, H], "bo": [H]?, "q_norm": [D]?, "k_norm": [D]?,
+                 "mlp_norm": [H], "w_gate_up": [H, 2F], "b_gate_up": [2F]?,
+                 "w_down": [F, H], "b_down": [H]?}, ...]}
+
+KV cache writes and attention work on the full-capacity slab ``[B, Hkv, C, D]`` of each layer::
+
+    slot:      0   1   2   3   4   5   6   7  ...  C-1
+    row b:   [ k0  k1  k2 | n0  n1 | .   .   .  ...  . ]
+              <- start ->  <- new ->
+    a new token at position p sees slots j with j < context_length and j <= p
+    (and j > p - window on a sliding-window layer); slots past a row's new tokens are never written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ..config import ModelConfig
+
+Params = dict[str, Any]
+_NEG = -1e30
+
+_ACT = {
+    "silu": jax.nn.silu,
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+}
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm computed in float32, cast back before the weight (as transformers)."""
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return weight * xf.astype(x.dtype)
+
+
+def apply_rope(x: jax.Array, cos_sin: jax.Array) -> jax.Array:
+    """Rotate-half RoPE on the first ``rot`` channels of ``x`` ``[B, S, Hx, D]``.
+
+    ``cos_sin`` is ``[B, S, rot]`` float32 (cos then sin halves), cast to ``x.dtype`` first.
+    """
+    half = cos_sin.shape[-1] // 2
+    cos = jnp.concatenate([cos_sin[..., :half]] * 2, axis=-1)[:, :, None, :].astype(x.dtype)
+    sin = jnp.concatenate([cos_sin[..., half:]] * 2, axis=-1)[:, :, None, :].astype(x.dtype)
+    rot, rest = x[..., : 2 * half], x[..., 2 * half :]
+    x1, x2 = rot[..., :half], rot[..., half:]
+    rotated = rot * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
+    return jnp.concatenate([rotated, rest], axis=-1) if rest.shape[-1] else rotated
+
+
+def attend(
+    q: jax.Array,
+    k_cache: jax.Array,
+    v_cache: jax.Array,
+    positions: jax.Array,
+    context_lengths: jax.Array,
+    window: int,
+) -> jax.Array:
+    """Grouped-query attention of new queries over a full KV slab.
+
+    Args:
+      q: ``[B, S, Hq, D]`` queries (rotated).
+      k_cache, v_cache: ``[B, Hkv, C, D]`` caches already holding this step's keys/values.
+      positions: ``[B, S]`` int32 position of each query.
+      context_lengths: ``[B]`` int32 valid slots of each row after this step.
+      window: sliding window in tokens, 0 for full attention.
+
+    Returns:
+      ``[B, S, Hq * D]`` in ``q.dtype``.
+    """
+    b, s, hq, d = q.shape
+    hkv, cap = k_cache.shape[1], k_cache.shape[2]
+    qg = q.reshape(b, s, hkv, hq // hkv, d)
+    scores = jnp.einsum(
+        "bskgd,bkcd->bkgsc", qg, k_cache, preferred_element_type=jnp.float32
+    ) * (d**-0.5)
+    slot = jnp.arange(cap, dtype=jnp.int32)[None, None, :]
+    pos = positions[:, :, None]
+    mask = (slot < context_lengths[:, None, None]) & (slot <= pos)
+    if window:
+        mask &= slot > pos - window
+    scores = jnp.where(mask[:, None, None], scores, _NEG)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    out = jnp.einsum("bkgsc,bkcd->bskgd", probs, v_cache, preferred_element_type=jnp.float32)
+    return out.astype(q.dtype).reshape(b, s, hq * d)
+
+
+def write_kv(cache: jax.Array, new: jax.Array, write_pos: jax.Array) -> jax.Array:
+    """Scatters ``new`` ``[B, S, Hkv, D]`` into ``cache`` ``[B, Hkv, C, D]`` at ``write_pos``.
+
+    ``write_pos`` ``[B, S]`` holds ``C`` (out of range, dropped) for padding positions, so
+    padding never overwrites a slot.
+    """
+    rows = jnp.arange(cache.shape[0], dtype=jnp.int32)[:, None]
+    return cache.at[rows, :, write_pos].set(new.astype(cache.dtype), mode="drop")
+
+
+def decoder_layer(
+    cfg: ModelConfig,
+    lp: Params,
+    x: jax.Array,
+    cos_sin: jax.Array,
+    positions: jax.Array,
+    write_pos: jax.Array,
+    context_lengths: jax.Array,
+    k_cache: jax.Array,
+    v_cache: jax.Array,
+    window: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One pre-norm decoder layer; returns ``(x, k_cache, v_cache)``."""
+    b, s, _ = x.shape
+    h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
+    qkv = h @ lp["wqkv"]
+    if "bqkv" in lp:
+        qkv = qkv + lp["bqkv"]
+    q, k, v = jnp.split(qkv, [cfg.q_size, cfg.q_size + cfg.kv_size], axis=-1)
+    q = q.reshape(b, s, cfg.num_attention_heads, cfg.head_dim)
+    k = k.reshape(b, s, cfg.num_key_value_heads, cfg.head_dim)
+    v = v.reshape(b, s, cfg.num_key_value_heads, cfg.head_dim)
+    if cfg.qk_norm:
+        q = rms_norm(q, lp["q_norm"], cfg.rms_norm_eps)
+        k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps)
+    q, k = apply_rope(q, cos_sin), apply_rope(k, cos_sin)
+    k_cache = write_kv(k_cache, k, write_pos)
+    v_cache = write_kv(v_cache, v, write_pos)
+    attn = attend(q, k_cache, v_cache, positions, context_lengths, window)
+    out = attn @ lp["wo"]
+    if "bo" in lp:
+        out = out + lp["bo"]
+    x = x + out
+    h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps)
+    gate_up = h @ lp["w_gate_up"]
+    if "b_gate_up" in lp:
+        gate_up = gate_up + lp["b_gate_up"]
+    gate, up = jnp.split(gate_up, 2, axis=-1)
+    down = (_ACT[cfg.hidden_act](gate) * up) @ lp["w_down"]
+    if "b_down" in lp:
+        down = down + lp["b_down"]
+    return x + down, k_cache, v_cache
+
+
+def run_layers(
+    cfg: ModelConfig,
+    params: Params,
+    x: jax.Array,
+    cos_sin: jax.Array,
+    positions: jax.Array,
+    write_pos: jax.Array,
+    context_lengths: jax.Array,
+    k_caches: Sequence[jax.Array],
+    v_caches: Sequence[jax.Array],
+) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
+    """All decoder layers; returns final hidden ``[B, S, H]`` (before the final norm) and caches."""
+    new_k, new_v = [], []
+    for i, lp in enumerate(params["layers"]):
+        x, k, v = decoder_layer(
+            cfg, lp, x, cos_sin, positions, write_pos, context_lengths,
+            k_caches[i], v_caches[i], cfg.sliding_windows[i],
+        )
+        new_k.append(k)
+        new_v.append(v)
+    return x, new_k, new_v
+
+
+def lm_logits(cfg: ModelConfig, params: Params, hidden: jax.Array) -> jax.Array:
+    """Final norm and lm_head; float32 logits ``[..., V]``."""
+    h = rms_norm(hidden, params["final_norm"], cfg.rms_norm_eps)
+    head = params["lm_head"] if "lm_head" in params else params["embed"].T
+    return jnp.matmul(h, head, preferred_element_type=jnp.float32)
+
+
+def forward(cfg: ModelConfig, params: Params, tokens: jax.Array) -> jax.Array:
+    """Full-sequence forward without a persistent cache (training, scoring).
+
+    Args:
+      tokens: ``[B, T]`` int32.
+
+    Returns:
+      ``[B, T, V]`` float32 logits.
+    """
+    from ..state.rope import rope_table
+
+    b, t = tokens.shape
+    x = params["embed"][tokens]
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    cos_sin = jnp.broadcast_to(rope_table(cfg.rope, t)[0], (b, t, cfg.rope.rotary_dim))
+    shape = (b, cfg.num_key_value_heads, t, cfg.head_dim)
+    caches = [jnp.zeros(shape, x.dtype) for _ in range(cfg.num_hidden_layers)]
+    lengths = jnp.full((b,), t, jnp.int32)
+    hidden, _, _ = run_layers(cfg, params, x, cos_sin, positions, positions, lengths, caches, caches)
+    return lm_logits(cfg, params, hidden)

@@ -1,0 +1,1 @@
+"""Step functions, sampling, decode loops and tokenization."""

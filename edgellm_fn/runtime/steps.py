@@ -1,0 +1,216 @@
+"""Pure step functions ``prefill`` and ``decode`` (upstream's ``LLMEngineRunner``).
+
+``prefill_step``/``decode_step`` are the pure bodies (usable inside ``lax.while_loop``);
+``prefill``/``decode`` validate on the host, then call the jitted, state-donating versions::
+
+    state = create_state(engine.config, batch=2)
+    state = prefill(engine, state, embed(engine, prompt_ids), prompt_lengths)
+    state = decode(engine, state, embed(engine, next_ids[:, None]))
+
+Static arguments (changing them recompiles): the engine's config (part of its pytree structure),
+``append``, and the shapes of the inputs. Everything else is dynamic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..dims import decode_dims, prefill_dims
+from ..engine.protocol import Engine
+from ..errors import InputError
+from ..state.resources import RuntimeState
+from ..tensor_map import build_tensor_map
+
+_JNP = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def embed(engine: Engine, tokens: jax.Array) -> jax.Array:
+    """Embedding lookup outside the engine, as upstream: ``[B, S]`` ids → ``[B, S, H]``."""
+    return jnp.take(engine.embedding, jnp.asarray(tokens, jnp.int32), axis=0)
+
+
+def _finish(state: RuntimeState, io, outputs: dict[str, jax.Array]) -> RuntimeState:
+    n = len(state.kv.k)
+    kv = dataclasses.replace(
+        state.kv,
+        k=tuple(outputs[f"present_key_{i}"] for i in range(n)),
+        v=tuple(outputs[f"present_value_{i}"] for i in range(n)),
+        lengths=io.context_lengths,
+    )
+    return RuntimeState(
+        io=dataclasses.replace(io, logits=outputs["logits"]),
+        res=dataclasses.replace(state.res, kv=kv),
+    )
+
+
+def prefill_step(
+    engine: Engine,
+    state: RuntimeState,
+    inputs_embeds: jax.Array,
+    context_lengths: jax.Array,
+    *,
+    append: bool = False,
+) -> RuntimeState:
+    """Pure prefill body (profile 0); see ``prefill``."""
+    b, s, _ = inputs_embeds.shape
+    context_lengths = context_lengths.astype(jnp.int32)
+    first = state.kv.lengths if append else jnp.zeros((b,), jnp.int32)
+    io = dataclasses.replace(
+        state.io,
+        context_lengths=context_lengths,
+        last_token_ids=(context_lengths - first - 1)[:, None],
+    )
+    start = state.kv.lengths if append else jnp.zeros((0,), jnp.int32)
+    tensors = build_tensor_map(io, state.res, inputs_embeds=inputs_embeds, start_index=start)
+    dims = prefill_dims(engine.config, b, s, cache_empty=not append)
+    return _finish(state, io, engine.execute(engine.prepare(0, dims, tensors)))
+
+
+def decode_step(engine: Engine, state: RuntimeState, inputs_embeds: jax.Array) -> RuntimeState:
+    """Pure decode body (profile 1); see ``decode``."""
+    b = inputs_embeds.shape[0]
+    io = dataclasses.replace(
+        state.io,
+        context_lengths=state.kv.lengths + 1,
+        last_token_ids=jnp.zeros((b, 1), jnp.int32),
+    )
+    tensors = build_tensor_map(
+        io, state.res, inputs_embeds=inputs_embeds, start_index=state.kv.lengths
+    )
+    dims = decode_dims(engine.config, b)
+    return _finish(state, io, engine.execute(engine.prepare(1, dims, tensors)))
+
+
+_prefill_jit = jax.jit(prefill_step, static_argnames=("append",), donate_argnames=("state",))
+_decode_jit = jax.jit(decode_step, donate_argnames=("state",))
+
+
+def prefill(
+    engine: Engine,
+    state: RuntimeState,
+    inputs_embeds: jax.Array,
+    context_lengths: jax.Array,
+    *,
+    append: bool = False,
+) -> RuntimeState:
+    """Runs the prompt (right-padded, ragged) through the engine and fills the KV cache.
+
+    Args:
+      engine: any provider.
+      state: donated; use the returned state from now on.
+      inputs_embeds: ``[B, S, H]`` embedded prompt tokens, right-padded; ``S <= max_input_len``.
+      context_lengths: ``[B]`` valid tokens of each row *after* this step: the prompt lengths
+        for a fresh prefill, ``kv.lengths + chunk lengths`` with ``append=True``.
+      append: static; continue rows from ``state.kv.lengths`` (chunked prefill, prefix reuse)
+        instead of starting from an empty cache.
+
+    Returns:
+      The new state; ``state.io.logits`` ``[B, V]`` are the logits of each row's last token.
+
+    Raises:
+      InputError: on a bad shape, dtype or length, before anything is donated.
+    """
+    _check_live(state, "prefill")
+    cfg = engine.config
+    b, s = _check_embeds(engine, state, inputs_embeds, "prefill")
+    if s > cfg.max_input_len:
+        raise InputError(
+            f"prefill: inputs_embeds has S={s} tokens (expected <= max_input_len="
+            f"{cfg.max_input_len}); shorten the prompt or rebuild with a larger max_input_len"
+        )
+    ctx = _as_lengths(context_lengths, b, "prefill: context_lengths")
+    if isinstance(ctx, np.ndarray):
+        first = _host_lengths(state) if append else np.zeros(b, np.int64)
+        new = ctx - first
+        bad = np.flatnonzero((new < 1) | (new > s))
+        if bad.size:
+            r = int(bad[0])
+            raise InputError(
+                f"prefill: context_lengths[{r}]={int(ctx[r])} gives {int(new[r])} new tokens "
+                f"(expected 1..S={s} after {int(first[r])} cached); context_lengths counts the "
+                "valid tokens after this step"
+            )
+        over = np.flatnonzero(ctx > cfg.kv_capacity)
+        if over.size:
+            r = int(over[0])
+            raise InputError(
+                f"prefill: context_lengths[{r}]={int(ctx[r])} (expected <= kv capacity="
+                f"{cfg.kv_capacity})"
+            )
+    return _prefill_jit(engine, state, inputs_embeds, jnp.asarray(ctx, jnp.int32), append=append)
+
+
+def decode(engine: Engine, state: RuntimeState, inputs_embeds: jax.Array) -> RuntimeState:
+    """Appends one token per row and computes its logits (``state.io.logits`` ``[B, V]``).
+
+    Args:
+      engine: any provider.
+      state: donated; use the returned state from now on.
+      inputs_embeds: ``[B, 1, H]`` embedded last tokens.
+
+    Raises:
+      InputError: bad shape/dtype, or a row whose KV cache is full, before anything is donated.
+    """
+    _check_live(state, "decode")
+    b, s = _check_embeds(engine, state, inputs_embeds, "decode")
+    if s != 1:
+        raise InputError(f"decode: inputs_embeds has S={s} (expected 1 token per row)")
+    if not isinstance(state.kv.lengths, jax.core.Tracer):
+        lengths = _host_lengths(state)
+        full = np.flatnonzero(lengths + 1 > engine.config.kv_capacity)
+        if full.size:
+            r = int(full[0])
+            raise InputError(
+                f"decode: row {r} holds {int(lengths[r])} tokens (expected < kv capacity="
+                f"{engine.config.kv_capacity}); the KV cache is full, stop generating this row"
+            )
+    return _decode_jit(engine, state, inputs_embeds)
+
+
+def _check_live(state: RuntimeState, where: str) -> None:
+    for leaf in jax.tree_util.tree_leaves(state):
+        if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer) and leaf.is_deleted():
+            raise InputError(
+                f"{where}: this state was already donated to an earlier step; thread the returned "
+                f"state: `state = {where}(engine, state, ...)`"
+            )
+
+
+def _check_embeds(engine: Engine, state: RuntimeState, x: jax.Array, where: str) -> tuple[int, int]:
+    cfg = engine.config
+    hidden = cfg.model.hidden_size
+    if getattr(x, "ndim", None) != 3 or x.shape[2] != hidden:
+        raise InputError(
+            f"{where}: inputs_embeds has shape {list(getattr(x, 'shape', ()))} (expected "
+            f"[B, S, hidden_size={hidden}])"
+        )
+    if x.shape[0] != state.batch:
+        raise InputError(
+            f"{where}: inputs_embeds has batch {x.shape[0]} (expected the state's batch "
+            f"{state.batch}, at most max_batch_size={cfg.max_batch_size}); create the state with "
+            "create_state(config, batch)"
+        )
+    if jnp.dtype(x.dtype) != jnp.dtype(_JNP[cfg.dtype]):
+        raise InputError(f"{where}: inputs_embeds has dtype {x.dtype} (expected {cfg.dtype})")
+    return x.shape[0], x.shape[1]
+
+
+def _as_lengths(x, batch: int, where: str):
+    """Returns a host ``np.ndarray`` for concrete input, else the traced array."""
+    if isinstance(x, jax.core.Tracer):
+        arr = x
+    else:
+        arr = np.asarray(x)
+    if arr.shape != (batch,) or not jnp.issubdtype(arr.dtype, jnp.integer):
+        raise InputError(f"{where} has shape {list(arr.shape)} {arr.dtype} (expected [{batch}] int)")
+    return arr.astype(np.int64) if isinstance(arr, np.ndarray) else arr
+
+
+def _host_lengths(state: RuntimeState) -> np.ndarray:
+    return np.asarray(jax.device_get(state.kv.lengths), np.int64)
+
+

@@ -1,0 +1,78 @@
+"""``SharedResources`` (KV cache, RoPE table) and ``RuntimeState``, the pytree steps thread."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from ..config import EngineConfig
+from ..errors import InputError
+from .io import PipelineIO
+from .kv import KVCache
+from .rope import rope_table
+
+_JNP = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SharedResources:
+    """Process-lifetime device state.
+
+    Attributes:
+      kv: the base engine's KV cache.
+      rope: ``[ropeB, KVcap, rot]`` float32 cos/sin table.
+    """
+
+    kv: KVCache
+    rope: jax.Array  # [ropeB, KVcap, rot] f32
+
+    @classmethod
+    def create_for_llm(cls, cfg: EngineConfig, batch: int) -> SharedResources:
+        m = cfg.model
+        kv = KVCache.create(
+            batch, m.num_hidden_layers, m.num_key_value_heads, cfg.kv_capacity, m.head_dim,
+            _JNP[cfg.kv_dtype],
+        )
+        return cls(kv=kv, rope=rope_table(m.rope, cfg.kv_capacity))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RuntimeState:
+    """Everything a step reads and writes; donated to every step.
+
+    Attributes:
+      io: per-step I/O buffers.
+      res: shared resources (KV cache, RoPE table).
+    """
+
+    io: PipelineIO
+    res: SharedResources
+
+    @property
+    def batch(self) -> int:
+        return self.res.kv.batch
+
+    @property
+    def kv(self) -> KVCache:
+        return self.res.kv
+
+
+def create_state(cfg: EngineConfig, batch: int) -> RuntimeState:
+    """Allocates a ``RuntimeState`` for ``batch`` rows (each leaf a separate buffer).
+
+    Raises:
+      InputError: ``batch`` is outside ``1..max_batch_size``.
+    """
+    if not isinstance(batch, int) or not 1 <= batch <= cfg.max_batch_size:
+        raise InputError(
+            f"create_state: batch={batch!r} (expected 1..max_batch_size={cfg.max_batch_size}); "
+            "build the engine with a larger max_batch_size or split the requests"
+        )
+    return RuntimeState(
+        io=PipelineIO.create(batch, cfg.model.vocab_size),
+        res=SharedResources.create_for_llm(cfg, batch),
+    )
