@@ -26,13 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from edgellm_fn.errors import InputError
+
 MAX_BIAS_VALUE = 100.0
 MAX_BIAS_ENTRIES = 1024
 MAX_NUM_LOGPROBS = 50
-
-
-class InputError(ValueError):
-    """A sampling argument is out of range. TODO(#3): use ``edgellm_fn.errors.InputError``."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from edgellm_fn.errors import InputError
 from edgellm_fn.runtime.sampling import (
-    InputError,
     SampleOutput,
     SamplingConfig,
     SamplingParams,
