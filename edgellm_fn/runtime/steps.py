@@ -85,8 +85,12 @@ def decode_step(engine: Engine, state: RuntimeState, inputs_embeds: jax.Array) -
     return _finish(state, io, engine.execute(engine.prepare(1, dims, tensors)))
 
 
-_prefill_jit = jax.jit(prefill_step, static_argnames=("append",), donate_argnames=("state",))
-_decode_jit = jax.jit(decode_step, donate_argnames=("state",))
+# keep_unused: a step need not read every donated leaf (e.g. last step's logits); kept
+# parameters still alias their outputs, so every leaf keeps its buffer.
+_prefill_jit = jax.jit(
+    prefill_step, static_argnames=("append",), donate_argnames=("state",), keep_unused=True
+)
+_decode_jit = jax.jit(decode_step, donate_argnames=("state",), keep_unused=True)
 
 
 def prefill(
