@@ -1,4 +1,4 @@
-"""KV-cache utilities (Edge-LLM `kvCacheUtils`) as XLA FFI custom calls, each with a `_ref` twin.
+r"""KV-cache utilities (Edge-LLM `kvCacheUtils`) as XLA FFI custom calls, each with a `_ref` twin.
 
 Layout: per attention layer separate k and v arrays, each `[B, Hkv, KVcap, D]`
 (float32/float16/bfloat16); a saved row is `[Hkv, seq_len, D]`; lengths are `[B]` int32.
