@@ -50,3 +50,18 @@ def test_bfloat16_matches_transformers_bfloat16(family, checkpoints, hf_models):
             seq.append(int(tokens[0, step]))
     finally:
         model.to(torch.float32)
+
+
+def test_sliding_window_layers_match_transformers(tmp_path):
+    from ..conftest import make_hf_model
+
+    model = make_hf_model("qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=1)
+    model.save_pretrained(tmp_path)
+    engine = make_engine(str(tmp_path))
+    assert engine.config.model.sliding_windows == (0, 4)
+    tokens, logits = greedy(engine, [PROMPT], steps=6)
+    seq = list(PROMPT)
+    for step, ours in enumerate(logits):
+        ref = hf_logits(model, seq)
+        assert np.abs(ours[0] - ref).max() / np.abs(ref).max() < 1e-4, f"step {step}"
+        seq.append(int(tokens[0, step]))
