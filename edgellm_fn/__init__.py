@@ -1,4 +1,4 @@
-"""edgellm_fn: a JAX-style functional runtime for LLM inference in the shape of TensorRT Edge-LLM."""
+"""edgellm_fn: a JAX-style functional LLM inference runtime in the shape of TensorRT Edge-LLM."""
 
 from .config import DeploymentConfig as DeploymentConfig
 from .config import EngineConfig as EngineConfig

@@ -141,9 +141,7 @@ class DeploymentConfig:
         for name in ("max_batch_size", "max_input_len", "max_kv_cache_capacity"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(
-                    f"builder_config: {name}={value!r} (expected an integer >= 1)"
-                )
+                raise ConfigError(f"builder_config: {name}={value!r} (expected an integer >= 1)")
         if self.max_input_len > self.max_kv_cache_capacity:
             raise ConfigError(
                 f"builder_config: max_input_len={self.max_input_len} (expected <= "
@@ -156,7 +154,9 @@ class DeploymentConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         for key in raw:
             if key not in known:
-                raise ConfigError(f"{where}: unknown field {key!r} (expected one of {sorted(known)})")
+                raise ConfigError(
+                    f"{where}: unknown field {key!r} (expected one of {sorted(known)})"
+                )
         missing = [k for k in sorted(known) if k not in raw]
         if missing:
             raise ConfigError(f"{where}: missing required field {missing[0]!r}")
@@ -254,7 +254,9 @@ def read_json(path: str | Path) -> dict[str, Any]:
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+        raise ConfigError(
+            f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
+        ) from e
     _require_mapping(raw, str(path))
     return raw
 
@@ -392,7 +394,9 @@ def _parse_sliding_windows(
     layer_types = raw.get("layer_types")
     if layer_types is None:
         first = _get(raw, "max_window_layers", int, where, default=layers)
-        layer_types = ["sliding_attention" if i >= first else "full_attention" for i in range(layers)]
+        layer_types = [
+            "sliding_attention" if i >= first else "full_attention" for i in range(layers)
+        ]
     if not isinstance(layer_types, list) or len(layer_types) != layers:
         raise ConfigError(
             f"{where}: layer_types has {len(layer_types) if isinstance(layer_types, list) else '?'}"
@@ -445,7 +449,9 @@ def _parse_rope(raw: Mapping[str, Any], head_dim: int, where: str) -> RopeConfig
             orig = _positive(params, "original_max_position_embeddings", rwhere)
             factor = max_pos / orig
         if factor is None:
-            raise ConfigError(f"{rwhere}: missing required field 'factor' for rope_type={rope_type!r}")
+            raise ConfigError(
+                f"{rwhere}: missing required field 'factor' for rope_type={rope_type!r}"
+            )
         if factor <= 0:
             raise ConfigError(f"{rwhere}: factor={factor} (expected > 0)")
         fields["factor"] = float(factor)
@@ -459,9 +465,14 @@ def _parse_rope(raw: Mapping[str, Any], head_dim: int, where: str) -> RopeConfig
             )
     if rope_type in ("llama3", "yarn", "longrope"):
         fields["original_max_position_embeddings"] = _positive(
-            params, "original_max_position_embeddings", rwhere,
-            **({"default": raw.get("original_max_position_embeddings", max_pos)}
-               if rope_type == "longrope" else {}),
+            params,
+            "original_max_position_embeddings",
+            rwhere,
+            **(
+                {"default": raw.get("original_max_position_embeddings", max_pos)}
+                if rope_type == "longrope"
+                else {}
+            ),
         )
     if rope_type == "dynamic":
         fields["original_max_position_embeddings"] = max_pos

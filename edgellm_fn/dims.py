@@ -39,42 +39,73 @@ def _packed(n: int) -> int:
 def prefill_dims(cfg: EngineConfig, batch: int, seq_len: int, cache_empty: bool) -> InferenceDims:
     """Profile 0: ``seq_len`` new tokens per row; start index empty for a fresh cache."""
     return InferenceDims(
-        batch=batch, seq_len=seq_len, kv_len=cfg.kv_capacity, select_len=1,
-        attn_mask_seq_len=1, rope_batch=1, packed_mask_len=1,
-        start_index_len=0 if cache_empty else batch, spec_verify_phase_len=0,
+        batch=batch,
+        seq_len=seq_len,
+        kv_len=cfg.kv_capacity,
+        select_len=1,
+        attn_mask_seq_len=1,
+        rope_batch=1,
+        packed_mask_len=1,
+        start_index_len=0 if cache_empty else batch,
+        spec_verify_phase_len=0,
     )
 
 
 def decode_dims(cfg: EngineConfig, batch: int) -> InferenceDims:
     """Profile 1: one new token per row."""
     return InferenceDims(
-        batch=batch, seq_len=1, kv_len=cfg.kv_capacity, select_len=1, attn_mask_seq_len=1,
-        rope_batch=1, packed_mask_len=1, start_index_len=batch, spec_verify_phase_len=0,
+        batch=batch,
+        seq_len=1,
+        kv_len=cfg.kv_capacity,
+        select_len=1,
+        attn_mask_seq_len=1,
+        rope_batch=1,
+        packed_mask_len=1,
+        start_index_len=batch,
+        spec_verify_phase_len=0,
     )
 
 
 def verify_dims(cfg: EngineConfig, batch: int, verify_len: int) -> InferenceDims:
     """Profile 1: verify a draft tree of ``verify_len`` tokens (logits at every node)."""
     return InferenceDims(
-        batch=batch, seq_len=verify_len, kv_len=cfg.kv_capacity, select_len=verify_len,
-        attn_mask_seq_len=verify_len, rope_batch=1, packed_mask_len=_packed(verify_len),
-        start_index_len=batch, spec_verify_phase_len=verify_len,
+        batch=batch,
+        seq_len=verify_len,
+        kv_len=cfg.kv_capacity,
+        select_len=verify_len,
+        attn_mask_seq_len=verify_len,
+        rope_batch=1,
+        packed_mask_len=_packed(verify_len),
+        start_index_len=batch,
+        spec_verify_phase_len=verify_len,
     )
 
 
 def proposal_dims(cfg: EngineConfig, batch: int, seq_len: int, select_len: int) -> InferenceDims:
     """Profile 1: draft proposal over ``seq_len`` tree tokens selecting ``select_len``."""
     return InferenceDims(
-        batch=batch, seq_len=seq_len, kv_len=cfg.kv_capacity, select_len=select_len,
-        attn_mask_seq_len=seq_len, rope_batch=1, packed_mask_len=_packed(seq_len),
-        start_index_len=batch, spec_verify_phase_len=0,
+        batch=batch,
+        seq_len=seq_len,
+        kv_len=cfg.kv_capacity,
+        select_len=select_len,
+        attn_mask_seq_len=seq_len,
+        rope_batch=1,
+        packed_mask_len=_packed(seq_len),
+        start_index_len=batch,
+        spec_verify_phase_len=0,
     )
 
 
 def accept_dims(cfg: EngineConfig, batch: int, accepted: int) -> InferenceDims:
     """Profile 1: draft accept of ``accepted`` tokens."""
     return InferenceDims(
-        batch=batch, seq_len=accepted, kv_len=cfg.kv_capacity, select_len=1,
-        attn_mask_seq_len=accepted, rope_batch=1, packed_mask_len=_packed(accepted),
-        start_index_len=batch, spec_verify_phase_len=0,
+        batch=batch,
+        seq_len=accepted,
+        kv_len=cfg.kv_capacity,
+        select_len=1,
+        attn_mask_seq_len=accepted,
+        rope_batch=1,
+        packed_mask_len=_packed(accepted),
+        start_index_len=batch,
+        spec_verify_phase_len=0,
     )

@@ -13,9 +13,16 @@ FAMILIES = {
     "llama": dict(  # GQA + llama3 rope scaling + untied embeddings
         arch="LlamaForCausalLM",
         kwargs=dict(
-            num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
-            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                          "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 32,
+            },
         ),
     ),
     "qwen2": dict(  # q/k/v bias, tied embeddings, no GQA
@@ -24,8 +31,9 @@ FAMILIES = {
     ),
     "qwen3": dict(  # per-head q/k norm, head_dim independent of hidden/heads, GQA
         arch="Qwen3ForCausalLM",
-        kwargs=dict(num_attention_heads=4, num_key_value_heads=1, head_dim=24,
-                    tie_word_embeddings=False),
+        kwargs=dict(
+            num_attention_heads=4, num_key_value_heads=1, head_dim=24, tie_word_embeddings=False
+        ),
     ),
 }
 
@@ -37,9 +45,15 @@ def make_hf_model(family: str, seed: int = 0, **overrides):
 
     spec = FAMILIES[family]
     kwargs = dict(
-        vocab_size=128, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
-        max_position_embeddings=256, initializer_range=0.15, rms_norm_eps=1e-6,
-        bos_token_id=1, eos_token_id=2,
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=112,
+        num_hidden_layers=2,
+        max_position_embeddings=256,
+        initializer_range=0.15,
+        rms_norm_eps=1e-6,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     kwargs.update(spec["kwargs"])
     kwargs.update(overrides)
@@ -49,7 +63,11 @@ def make_hf_model(family: str, seed: int = 0, **overrides):
     if family == "qwen2":  # random (non-zero) biases so the bias path is really tested
         with torch.no_grad():
             for layer in model.model.layers:
-                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                for proj in (
+                    layer.self_attn.q_proj,
+                    layer.self_attn.k_proj,
+                    layer.self_attn.v_proj,
+                ):
                     proj.bias.normal_(0.0, 0.2)
     return model
 

@@ -130,8 +130,12 @@ def build_llm_spec(cfg: EngineConfig, max_decode_len: int = 1) -> EngineSpec:
         TensorSpec("inputs_embeds", "in", cfg.dtype, (batch, seq, m.hidden_size)),
         TensorSpec("context_lengths", "in", "int32", (batch,)),
         TensorSpec("kvcache_start_index", "in", "int32", (("start_index_len",),)),
-        TensorSpec("rope_rotary_cos_sin", "in", "float32",
-                   (("rope_batch",), ("kv_len",), m.rope.rotary_dim)),
+        TensorSpec(
+            "rope_rotary_cos_sin",
+            "in",
+            "float32",
+            (("rope_batch",), ("kv_len",), m.rope.rotary_dim),
+        ),
         TensorSpec("last_token_ids", "in", "int32", (batch, ("select_len",))),
     ]
     kv_shape = (batch, m.num_key_value_heads, ("kv_len",), m.head_dim)

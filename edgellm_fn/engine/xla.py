@@ -64,12 +64,21 @@ class XlaEngine:
         cap = self.config.kv_capacity
         write_pos = jnp.where(positions < context[:, None], positions, cap)
         rope = t["rope_rotary_cos_sin"]
-        cos_sin = rope[jnp.zeros_like(positions) if rope.shape[0] == 1 else
-                       jnp.arange(b)[:, None], jnp.minimum(positions, cap - 1)]
+        cos_sin = rope[
+            jnp.zeros_like(positions) if rope.shape[0] == 1 else jnp.arange(b)[:, None],
+            jnp.minimum(positions, cap - 1),
+        ]
         n = m.num_hidden_layers
         hidden, ks, vs = llama.run_layers(
-            m, self.params, x, cos_sin, positions, write_pos, context,
-            [t[f"past_key_{i}"] for i in range(n)], [t[f"past_value_{i}"] for i in range(n)],
+            m,
+            self.params,
+            x,
+            cos_sin,
+            positions,
+            write_pos,
+            context,
+            [t[f"past_key_{i}"] for i in range(n)],
+            [t[f"past_value_{i}"] for i in range(n)],
         )
         select = t["last_token_ids"]
         picked = jnp.take_along_axis(hidden, select[:, :, None], axis=1)  # [B, sel, H]

@@ -83,9 +83,9 @@ def attend(
     b, s, hq, d = q.shape
     hkv, cap = k_cache.shape[1], k_cache.shape[2]
     qg = q.reshape(b, s, hkv, hq // hkv, d)
-    scores = jnp.einsum(
-        "bskgd,bkcd->bkgsc", qg, k_cache, preferred_element_type=jnp.float32
-    ) * (d**-0.5)
+    scores = jnp.einsum("bskgd,bkcd->bkgsc", qg, k_cache, preferred_element_type=jnp.float32) * (
+        d**-0.5
+    )
     slot = jnp.arange(cap, dtype=jnp.int32)[None, None, :]
     pos = positions[:, :, None]
     mask = (slot < context_lengths[:, None, None]) & (slot <= pos)
@@ -166,8 +166,16 @@ def run_layers(
     new_k, new_v = [], []
     for i, lp in enumerate(params["layers"]):
         x, k, v = decoder_layer(
-            cfg, lp, x, cos_sin, positions, write_pos, context_lengths,
-            k_caches[i], v_caches[i], cfg.sliding_windows[i],
+            cfg,
+            lp,
+            x,
+            cos_sin,
+            positions,
+            write_pos,
+            context_lengths,
+            k_caches[i],
+            v_caches[i],
+            cfg.sliding_windows[i],
         )
         new_k.append(k)
         new_v.append(v)
@@ -199,5 +207,7 @@ def forward(cfg: ModelConfig, params: Params, tokens: jax.Array) -> jax.Array:
     shape = (b, cfg.num_key_value_heads, t, cfg.head_dim)
     caches = [jnp.zeros(shape, x.dtype) for _ in range(cfg.num_hidden_layers)]
     lengths = jnp.full((b,), t, jnp.int32)
-    hidden, _, _ = run_layers(cfg, params, x, cos_sin, positions, positions, lengths, caches, caches)
+    hidden, _, _ = run_layers(
+        cfg, params, x, cos_sin, positions, positions, lengths, caches, caches
+    )
     return lm_logits(cfg, params, hidden)

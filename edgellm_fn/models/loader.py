@@ -110,7 +110,10 @@ def params_from_hf(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype: str)
     def put(x: np.ndarray):
         return jnp.asarray(x, jdt)
 
-    params: Params = {"embed": put(t("model.embed_tokens.weight")), "final_norm": put(t("model.norm.weight"))}
+    params: Params = {
+        "embed": put(t("model.embed_tokens.weight")),
+        "final_norm": put(t("model.norm.weight")),
+    }
     if not cfg.tie_word_embeddings:
         params["lm_head"] = put(t("lm_head.weight").T)
     layers = []
@@ -122,7 +125,9 @@ def params_from_hf(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype: str)
             "mlp_norm": put(t(p + "post_attention_layernorm.weight")),
             "wqkv": put(np.concatenate([t(a + f"{n}_proj.weight") for n in "qkv"], 0).T),
             "wo": put(t(a + "o_proj.weight").T),
-            "w_gate_up": put(np.concatenate([t(m + "gate_proj.weight"), t(m + "up_proj.weight")], 0).T),
+            "w_gate_up": put(
+                np.concatenate([t(m + "gate_proj.weight"), t(m + "up_proj.weight")], 0).T
+            ),
             "w_down": put(t(m + "down_proj.weight").T),
         }
         if cfg.qkv_bias:
@@ -162,7 +167,10 @@ def params_to_hf(cfg: ModelConfig, params: Params) -> dict[str, np.ndarray]:
     def n(x) -> np.ndarray:
         return np.asarray(x)
 
-    out = {"model.embed_tokens.weight": n(params["embed"]), "model.norm.weight": n(params["final_norm"])}
+    out = {
+        "model.embed_tokens.weight": n(params["embed"]),
+        "model.norm.weight": n(params["final_norm"]),
+    }
     if not cfg.tie_word_embeddings:
         out["lm_head.weight"] = n(params["lm_head"]).T
     q, kv = cfg.q_size, cfg.kv_size

@@ -64,7 +64,9 @@ def load_file(path: str | Path, names: set[str] | None = None) -> dict[str, np.n
             continue
         dtype = _DTYPES.get(info.get("dtype"))
         if dtype is None:
-            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}"
+            )
         begin, end = info["data_offsets"]
         shape = tuple(info["shape"])
         expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize

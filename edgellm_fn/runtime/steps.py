@@ -177,7 +177,11 @@ def decode(engine: Engine, state: RuntimeState, inputs_embeds: jax.Array) -> Run
 
 def _check_live(state: RuntimeState, where: str) -> None:
     for leaf in jax.tree_util.tree_leaves(state):
-        if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer) and leaf.is_deleted():
+        if (
+            isinstance(leaf, jax.Array)
+            and not isinstance(leaf, jax.core.Tracer)
+            and leaf.is_deleted()
+        ):
             raise InputError(
                 f"{where}: this state was already donated to an earlier step; thread the returned "
                 f"state: `state = {where}(engine, state, ...)`"
@@ -205,16 +209,13 @@ def _check_embeds(engine: Engine, state: RuntimeState, x: jax.Array, where: str)
 
 def _as_lengths(x, batch: int, where: str):
     """Returns a host ``np.ndarray`` for concrete input, else the traced array."""
-    if isinstance(x, jax.core.Tracer):
-        arr = x
-    else:
-        arr = np.asarray(x)
+    arr = x if isinstance(x, jax.core.Tracer) else np.asarray(x)
     if arr.shape != (batch,) or not jnp.issubdtype(arr.dtype, jnp.integer):
-        raise InputError(f"{where} has shape {list(arr.shape)} {arr.dtype} (expected [{batch}] int)")
+        raise InputError(
+            f"{where} has shape {list(arr.shape)} {arr.dtype} (expected [{batch}] int)"
+        )
     return arr.astype(np.int64) if isinstance(arr, np.ndarray) else arr
 
 
 def _host_lengths(state: RuntimeState) -> np.ndarray:
     return np.asarray(jax.device_get(state.kv.lengths), np.int64)
-
-

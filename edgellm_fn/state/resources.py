@@ -33,7 +33,11 @@ class SharedResources:
     def create_for_llm(cls, cfg: EngineConfig, batch: int) -> SharedResources:
         m = cfg.model
         kv = KVCache.create(
-            batch, m.num_hidden_layers, m.num_key_value_heads, cfg.kv_capacity, m.head_dim,
+            batch,
+            m.num_hidden_layers,
+            m.num_key_value_heads,
+            cfg.kv_capacity,
+            m.head_dim,
             _JNP[cfg.kv_dtype],
         )
         return cls(kv=kv, rope=rope_table(m.rope, cfg.kv_capacity))

@@ -32,7 +32,9 @@ def inv_frequencies(rope: RopeConfig) -> tuple[np.ndarray, float]:
     elif kind == "yarn":
         inv_freq, scaling = _yarn(pos_freqs, rope)
     elif kind == "longrope":
-        inv_freq = (1.0 / (np.asarray(rope.short_factor, np.float32) * pos_freqs)).astype(np.float32)
+        inv_freq = (1.0 / (np.asarray(rope.short_factor, np.float32) * pos_freqs)).astype(
+            np.float32
+        )
         scaling = float(rope.attention_factor)
     return inv_freq.astype(np.float32), scaling
 
@@ -90,7 +92,10 @@ def rope_table(rope: RopeConfig, capacity: int, rope_batch: int = 1) -> jnp.ndar
     Raises:
       ConfigError: ``capacity`` exceeds where a length-dependent rope type stays exact.
     """
-    if rope.rope_type in ("dynamic", "longrope") and capacity > rope.original_max_position_embeddings:
+    if (
+        rope.rope_type in ("dynamic", "longrope")
+        and capacity > rope.original_max_position_embeddings
+    ):
         raise ConfigError(
             f"rope: kv capacity={capacity} (expected <= original_max_position_embeddings="
             f"{rope.original_max_position_embeddings} for rope_type={rope.rope_type!r}); its "

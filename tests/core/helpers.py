@@ -7,11 +7,20 @@ import numpy as np
 import edgellm_fn as ef
 
 
-def make_engine(ckpt: str, *, dtype: str | None = None, batch: int = 4, max_input_len: int = 32,
-                kv_capacity: int = 64) -> ef.XlaEngine:
+def make_engine(
+    ckpt: str,
+    *,
+    dtype: str | None = None,
+    batch: int = 4,
+    max_input_len: int = 32,
+    kv_capacity: int = 64,
+) -> ef.XlaEngine:
     cfg, params = ef.load_checkpoint(ckpt, dtype=dtype)
     ecfg = ef.EngineConfig.create(
-        cfg, max_batch_size=batch, max_input_len=max_input_len, kv_capacity=kv_capacity,
+        cfg,
+        max_batch_size=batch,
+        max_input_len=max_input_len,
+        kv_capacity=kv_capacity,
         dtype=dtype,
     )
     return ef.XlaEngine(ecfg, params)

@@ -31,7 +31,7 @@ def test_chunked_prefill_equals_one_prefill(checkpoints, rng):
     second = np.zeros((2, 10), np.int32)
     for r, p in enumerate(prompts):
         first[r, : split[r]] = p[: split[r]]
-        second[r, : len(p) - split[r]] = p[split[r]:]
+        second[r, : len(p) - split[r]] = p[split[r] :]
     state = ef.create_state(engine.config, 2)
     state = ef.prefill(engine, state, ef.embed(engine, first), split)
     state = ef.prefill(engine, state, ef.embed(engine, second), lengths, append=True)

@@ -56,7 +56,9 @@ def test_decode_past_kv_capacity(engine):
 def test_bad_context_lengths(engine):
     state = ef.create_state(engine.config, 2)
     x = ef.embed(engine, np.ones((2, 4), np.int32))
-    with pytest.raises(ef.InputError, match=r"context_lengths\[1\]=5 gives 5 new tokens \(expected 1..S=4"):
+    with pytest.raises(
+        ef.InputError, match=r"context_lengths\[1\]=5 gives 5 new tokens \(expected 1..S=4"
+    ):
         ef.prefill(engine, state, x, np.array([4, 5]))
     with pytest.raises(ef.InputError, match=r"context_lengths\[0\]=0 gives 0 new tokens"):
         ef.prefill(engine, state, x, np.array([0, 4]))
@@ -64,8 +66,13 @@ def test_bad_context_lengths(engine):
         ef.prefill(engine, state, x, np.array([1, 2, 3]))
     state = _prefilled(engine, n=8)
     with pytest.raises(ef.InputError, match=r"expected <= kv capacity=12"):
-        ef.prefill(engine, state, ef.embed(engine, np.ones((2, 8), np.int32)), np.array([16, 9]),
-                   append=True)
+        ef.prefill(
+            engine,
+            state,
+            ef.embed(engine, np.ones((2, 8), np.int32)),
+            np.array([16, 9]),
+            append=True,
+        )
     _still_usable(engine, state)
 
 

@@ -21,8 +21,9 @@ def test_sharded_checkpoint_loads_like_single_file(tmp_path, checkpoints):
     assert (tmp_path / "model.safetensors.index.json").is_file()
     _, sharded = ef.load_checkpoint(tmp_path)
     _, single = ef.load_checkpoint(checkpoints["llama"])
-    for a, b in zip(*(__import__("jax").tree_util.tree_leaves(p) for p in (sharded, single)),
-                    strict=True):
+    for a, b in zip(
+        *(__import__("jax").tree_util.tree_leaves(p) for p in (sharded, single)), strict=True
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -43,7 +44,10 @@ def test_missing_tensor(tmp_path, checkpoints):
     tensors = load_file(ckpt / "model.safetensors")
     tensors = {k: np.array(v) for k, v in tensors.items() if "layers.1.mlp.up_proj" not in k}
     save_file(tensors, ckpt / "model.safetensors")
-    with pytest.raises(ef.CheckpointError, match=r"missing tensor 'model.layers.1.mlp.up_proj.weight' \(expected shape \[112, 64\]\)"):
+    with pytest.raises(
+        ef.CheckpointError,
+        match=r"missing tensor 'model.layers.1.mlp.up_proj.weight' \(expected shape \[112, 64\]\)",
+    ):
         ef.load_checkpoint(ckpt)
 
 
@@ -52,7 +56,10 @@ def test_wrong_shape(tmp_path, checkpoints):
     cfg = json.loads((ckpt / "config.json").read_text())
     cfg["intermediate_size"] = 100
     (ckpt / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ef.CheckpointError, match=r"model.safetensors: tensor 'model.layers.0.mlp.gate_proj.weight' has shape \[112, 64\] \(expected \[100, 64\] from config.json\)"):
+    with pytest.raises(
+        ef.CheckpointError,
+        match=r"model.safetensors: tensor 'model.layers.0.mlp.gate_proj.weight' has shape \[112, 64\] \(expected \[100, 64\] from config.json\)",
+    ):
         ef.load_checkpoint(ckpt)
 
 
@@ -61,7 +68,10 @@ def test_truncated_file(tmp_path, checkpoints):
     path = ckpt / "model.safetensors"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 1000])
-    with pytest.raises(ef.CheckpointError, match=r"model.safetensors: tensor '.*' ends at byte \d+ but the file has \d+ bytes; the file is truncated"):
+    with pytest.raises(
+        ef.CheckpointError,
+        match=r"model.safetensors: tensor '.*' ends at byte \d+ but the file has \d+ bytes; the file is truncated",
+    ):
         ef.load_checkpoint(ckpt)
     path.write_bytes(data[:4])
     with pytest.raises(ef.CheckpointError, match=r"expected a safetensors header"):
@@ -71,7 +81,9 @@ def test_truncated_file(tmp_path, checkpoints):
 def test_missing_weights_and_missing_shard(tmp_path, checkpoints):
     ckpt = _copy(checkpoints["llama"], tmp_path / "c")
     (ckpt / "model.safetensors").unlink()
-    with pytest.raises(ef.CheckpointError, match=r"no model.safetensors or model.safetensors.index.json"):
+    with pytest.raises(
+        ef.CheckpointError, match=r"no model.safetensors or model.safetensors.index.json"
+    ):
         ef.load_checkpoint(ckpt)
     sharded = tmp_path / "s"
     make_hf_model("llama").save_pretrained(sharded, max_shard_size="20KB")

@@ -30,9 +30,12 @@ def test_float32_prefill_and_16_decode_steps_match_transformers(family, checkpoi
         seq.append(int(tokens[0, step]))
     with torch.no_grad():
         hf_tokens = model.generate(
-            torch.tensor([PROMPT]), max_new_tokens=17, do_sample=False, pad_token_id=0,
+            torch.tensor([PROMPT]),
+            max_new_tokens=17,
+            do_sample=False,
+            pad_token_id=0,
             eos_token_id=None,
-        )[0, len(PROMPT):].numpy()
+        )[0, len(PROMPT) :].numpy()
     np.testing.assert_array_equal(tokens[0], hf_tokens)
 
 

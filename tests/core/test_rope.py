@@ -13,15 +13,30 @@ from edgellm_fn.state.rope import rope_table
 SCALINGS = {
     "default": None,
     "linear": {"rope_type": "linear", "factor": 4.0},
-    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-               "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+    "llama3": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    },
     "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
-    "yarn_mscale": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
-                    "mscale": 0.707, "mscale_all_dim": 0.5, "beta_fast": 16.0},
+    "yarn_mscale": {
+        "rope_type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": 64,
+        "mscale": 0.707,
+        "mscale_all_dim": 0.5,
+        "beta_fast": 16.0,
+    },
     "dynamic": {"rope_type": "dynamic", "factor": 2.0},
-    "longrope": {"rope_type": "longrope", "original_max_position_embeddings": 128,
-                 "short_factor": [1.0 + i / 10 for i in range(16)],
-                 "long_factor": [2.0 + i for i in range(16)], "factor": 4.0},
+    "longrope": {
+        "rope_type": "longrope",
+        "original_max_position_embeddings": 128,
+        "short_factor": [1.0 + i / 10 for i in range(16)],
+        "long_factor": [2.0 + i for i in range(16)],
+        "factor": 4.0,
+    },
 }
 
 
@@ -30,8 +45,13 @@ def test_table_matches_transformers(name):
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-    hf_cfg = LlamaConfig(hidden_size=128, num_attention_heads=4, rope_theta=10000.0,
-                         max_position_embeddings=512, rope_scaling=SCALINGS[name])
+    hf_cfg = LlamaConfig(
+        hidden_size=128,
+        num_attention_heads=4,
+        rope_theta=10000.0,
+        max_position_embeddings=512,
+        rope_scaling=SCALINGS[name],
+    )
     cfg = ef.ModelConfig.from_dict({**hf_cfg.to_dict(), "architectures": ["LlamaForCausalLM"]})
     table = np.asarray(rope_table(cfg.rope, 128))[0]
     emb = LlamaRotaryEmbedding(hf_cfg)
@@ -44,10 +64,16 @@ def test_table_matches_transformers(name):
 def test_length_dependent_rope_refuses_long_tables():
     from transformers import LlamaConfig
 
-    hf_cfg = LlamaConfig(hidden_size=128, num_attention_heads=4, max_position_embeddings=512,
-                         rope_scaling=SCALINGS["longrope"])
+    hf_cfg = LlamaConfig(
+        hidden_size=128,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        rope_scaling=SCALINGS["longrope"],
+    )
     cfg = ef.ModelConfig.from_dict({**hf_cfg.to_dict(), "architectures": ["LlamaForCausalLM"]})
-    with pytest.raises(ef.ConfigError, match=r"kv capacity=256 \(expected <= original_max_position_embeddings=128"):
+    with pytest.raises(
+        ef.ConfigError, match=r"kv capacity=256 \(expected <= original_max_position_embeddings=128"
+    ):
         rope_table(cfg.rope, 256)
 
 

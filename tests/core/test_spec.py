@@ -18,8 +18,15 @@ from .helpers import make_engine
 def test_inference_dims_fields_are_pinned():
     # Adding a field must update every recipe (they have no defaults).
     assert [f.name for f in dataclasses.fields(ef.InferenceDims)] == [
-        "batch", "seq_len", "kv_len", "select_len", "attn_mask_seq_len", "rope_batch",
-        "packed_mask_len", "start_index_len", "spec_verify_phase_len",
+        "batch",
+        "seq_len",
+        "kv_len",
+        "select_len",
+        "attn_mask_seq_len",
+        "rope_batch",
+        "packed_mask_len",
+        "start_index_len",
+        "spec_verify_phase_len",
     ]
 
 
@@ -61,10 +68,19 @@ def test_valid_map_passes(prepared_inputs):
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
-        (lambda t: t.pop("past_value_1"), r"missing input binding 'past_value_1' \(expected float32 \[2, 2, 64, 16\]\)"),
+        (
+            lambda t: t.pop("past_value_1"),
+            r"missing input binding 'past_value_1' \(expected float32 \[2, 2, 64, 16\]\)",
+        ),
         (lambda t: t.update(extra=jnp.zeros(1)), r"unknown binding 'extra'"),
-        (lambda t: t.update(context_lengths=jnp.zeros(3, jnp.int32)), r"context_lengths has shape \[3\] \(expected \[2\] for profile 1\)"),
-        (lambda t: t.update(last_token_ids=jnp.zeros((2, 1), jnp.float32)), r"last_token_ids has dtype float32 \(expected int32\)"),
+        (
+            lambda t: t.update(context_lengths=jnp.zeros(3, jnp.int32)),
+            r"context_lengths has shape \[3\] \(expected \[2\] for profile 1\)",
+        ),
+        (
+            lambda t: t.update(last_token_ids=jnp.zeros((2, 1), jnp.float32)),
+            r"last_token_ids has dtype float32 \(expected int32\)",
+        ),
     ],
 )
 def test_bad_map_names_the_binding(prepared_inputs, edit, match):
