@@ -145,7 +145,7 @@ def test_capture_without_cuda_python_raises_instead_of_pretending():
     cache = GraphCache()
     calls = []
     with pytest.raises(
-        ImportError, match=r"GraphCache needs cuda-python .* pip install cuda-python"
+        ImportError, match=r"GraphCache needs cuda-python .*`pip install cuda-python`"
     ):
         cache.execute(snap(), 3, calls.append, capture=True)
     assert calls == [3]  # the step's own work ran before the capture was attempted
