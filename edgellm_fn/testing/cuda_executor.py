@@ -1,0 +1,156 @@
+"""CUDA test executor: real kernels on XLA's stream inside `buffer_callback`, via `GraphCache`.
+
+Used only by GPU tests, to prove the executor glue the TensorRT provider relies on: a jitted,
+donated step hands the callback XLA's stream and in-place (aliased) buffers; the executor
+launches its kernels there (cupy `RawKernel`), or replays the CUDA graph captured for the same
+binding snapshot. Its arithmetic, per step, with `a` fixed at construction:
+
+```
+y          <- a * x + y                               # [N] float32, in place
+kv[b, h, p, :] <- new_kv[b, h, :] + p  for p = positions[b], if 0 <= p < KVcap
+positions  <- positions + 1                           # [B] int32, in place
+```
+
+so after `k` steps from `y0`, `positions0`: `y = y0 + k*a*x` and rows `positions0[b] + i`
+(`i < k`) of `kv[b]` hold `new_kv[b] + positions0[b] + i`. Changing values inside the bound
+buffers (positions) is replayed correctly; a new address or shape is a graph-cache miss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental.buffer_callback import Buffer, ExecutionContext, buffer_callback
+
+from edgellm_fn.dims import InferenceDims
+from edgellm_fn.engine.protocol import Prepared
+from edgellm_fn.engine.snapshot import BindingSnapshot, GraphCache, GraphCacheStats
+
+#: Binding order (= callback argument order); the last three are updated in place.
+BINDINGS = ("x", "new_kv", "y", "positions", "kv")
+OUTPUTS = ("y", "positions", "kv")
+_DTYPES = {"x": jnp.float32, "new_kv": jnp.float32, "y": jnp.float32, "positions": jnp.int32,
+           "kv": jnp.float32}  # fmt: skip
+_THREADS = 256
+_SOURCE = r"""
+extern "C" __global__ void axpy_inplace(const float* x, float* y, float a, long long n) {
+  long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) y[i] = a * x[i] + y[i];
+}
+extern "C" __global__ void kv_append(const float* new_kv, const int* positions, float* kv,
+                                     int batch, int heads, int cap, int head_dim) {
+  long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= (long long)batch * heads * head_dim) return;
+  int d = i % head_dim, h = (i / head_dim) % heads, b = i / ((long long)head_dim * heads);
+  int p = positions[b];
+  if (p < 0 || p >= cap) return;
+  kv[(((long long)b * heads + h) * cap + p) * head_dim + d] = new_kv[i] + (float)p;
+}
+extern "C" __global__ void advance(int* positions, int batch) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < batch) positions[i] += 1;
+}
+"""
+
+
+def _blocks(n: int) -> tuple[int]:
+    return (max(1, (n + _THREADS - 1) // _THREADS),)
+
+
+def _device_buffer(buf: Buffer) -> tuple[int, tuple[int, ...]]:
+    iface = buf.__cuda_array_interface__
+    return int(iface["data"][0]), tuple(int(d) for d in iface["shape"])
+
+
+class CudaTestExecutor:
+    """Engine-shaped test executor (`prepare`, `execute`) on three real CUDA kernels.
+
+    Args:
+      a: the axpy scale (a kernel argument, so it is part of a captured graph).
+      capture: capture a CUDA graph on each new binding snapshot and replay it on hits;
+        `False` always launches the kernels (the eager reference).
+    """
+
+    def __init__(self, a: float = 2.0, capture: bool = True) -> None:
+        self.a = float(a)
+        self.capture = capture
+        self.graphs = GraphCache()
+        self.last_action: str | None = None
+        self._kernels: dict | None = None
+
+    @property
+    def stats(self) -> GraphCacheStats:
+        return self.graphs.stats
+
+    def prepare(
+        self, profile: int, dims: InferenceDims, tensor_map: Mapping[str, jax.Array]
+    ) -> Prepared:
+        """Checks names, dtypes and shapes (`kv` is `[dims.batch, H, dims.kv_len, D]`)."""
+        where = "CudaTestExecutor.prepare"
+        if profile not in (0, 1):
+            raise ValueError(f"{where}: profile={profile} (expected 0 or 1)")
+        missing = [n for n in BINDINGS if n not in tensor_map]
+        unknown = sorted(set(tensor_map) - set(BINDINGS))
+        if missing or unknown:
+            raise ValueError(
+                f"{where}: missing={missing}, unknown={unknown} (expected exactly {BINDINGS})"
+            )
+        for name, dtype in _DTYPES.items():
+            if jnp.dtype(tensor_map[name].dtype) != jnp.dtype(dtype):
+                got = jnp.dtype(tensor_map[name].dtype)
+                raise ValueError(f"{where}: {name}.dtype={got} (expected {jnp.dtype(dtype)})")
+        b, c = dims.batch, dims.kv_len
+        kv = tuple(tensor_map["kv"].shape)
+        if len(kv) != 4 or kv[0] != b or kv[2] != c:
+            raise ValueError(f"{where}: kv.shape={kv} (expected [{b}, H, {c}, D] from dims)")
+        want = {
+            "x": tuple(tensor_map["y"].shape),
+            "new_kv": (b, kv[1], kv[3]),
+            "positions": (b,),
+        }
+        for name, shape in want.items():
+            if tuple(tensor_map[name].shape) != shape:
+                got = tuple(tensor_map[name].shape)
+                raise ValueError(f"{where}: {name}.shape={got} (expected {shape})")
+        return Prepared(profile=profile, dims=dims, tensors={n: tensor_map[n] for n in BINDINGS})
+
+    def execute(self, prepared: Prepared) -> dict[str, jax.Array]:
+        """Runs one step inside the current trace; returns `y`, `positions`, `kv` (aliased)."""
+        ins = [prepared.tensors[n] for n in BINDINGS]
+        result = [jax.ShapeDtypeStruct(prepared.tensors[n].shape, _DTYPES[n]) for n in OUTPUTS]
+        aliases = {BINDINGS.index(n): i for i, n in enumerate(OUTPUTS)}
+        call = buffer_callback(
+            self._callback, result, vmap_method="sequential", input_output_aliases=aliases
+        )
+        return dict(zip(OUTPUTS, call(*ins), strict=True))
+
+    def _callback(self, ctx: ExecutionContext, outs, *ins: Buffer) -> None:
+        buffers = dict(zip(BINDINGS, ins, strict=True))
+        buffers.update(zip(OUTPUTS, outs, strict=True))  # same memory as the aliased inputs
+        bound = {n: _device_buffer(buffers[n]) for n in BINDINGS}
+        snapshot = BindingSnapshot.of((n, ptr, shape) for n, (ptr, shape) in bound.items())
+        self.last_action = self.graphs.execute(
+            snapshot, int(ctx.stream), lambda stream: self._enqueue(stream, bound), self.capture
+        )
+
+    def _enqueue(self, stream: int, bound: Mapping[str, tuple[int, tuple[int, ...]]]) -> None:
+        import cupy
+
+        if self._kernels is None:
+            module = cupy.RawModule(code=_SOURCE)
+            names = ("axpy_inplace", "kv_append", "advance")
+            self._kernels = {n: module.get_function(n) for n in names}
+        k = self._kernels
+        ptr = {n: np.uint64(p) for n, (p, _) in bound.items()}
+        n = int(np.prod(bound["y"][1]))
+        batch, heads, _, head_dim = bound["kv"][1]
+        rows = batch * heads * head_dim
+        axpy_args = (ptr["x"], ptr["y"], np.float32(self.a), np.int64(n))
+        kv_args = (ptr["new_kv"], ptr["positions"], ptr["kv"], *map(np.int32, bound["kv"][1]))
+        with cupy.cuda.ExternalStream(stream):
+            k["axpy_inplace"](_blocks(n), (_THREADS,), axpy_args)
+            k["kv_append"](_blocks(rows), (_THREADS,), kv_args)
+            k["advance"](_blocks(batch), (_THREADS,), (ptr["positions"], np.int32(batch)))
