@@ -1,0 +1,236 @@
+"""``edgellm-fn``: generate, inspect, build, bench and demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import ConfigError, InputError
+
+
+def _add_limits(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-batch", type=int, default=4, help="xla: max batch size")
+    p.add_argument("--max-input-len", type=int, default=256, help="xla: longest prompt")
+    p.add_argument("--kv-capacity", type=int, default=512, help="xla: KV slots per row")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    p.add_argument("--provider", choices=["xla", "onnxruntime", "tensorrt"], default=None)
+
+
+def _engine(args):
+    from .engine.loading import load_engine
+
+    return load_engine(
+        args.model,
+        provider=args.provider,
+        max_batch_size=args.max_batch,
+        max_input_len=args.max_input_len,
+        kv_capacity=args.kv_capacity,
+        dtype=args.dtype,
+    )
+
+
+def cmd_generate(args) -> int:
+    from .runtime.generate import generate
+    from .runtime.requests import Request, RequestBatch, load_requests, responses_json
+    from .runtime.tokenizer import Tokenizer
+
+    if (args.prompt is None) == (args.input_file is None):
+        raise InputError("generate: pass exactly one of --prompt TEXT or --input-file REQ.json")
+    if args.input_file:
+        batch = load_requests(args.input_file)
+    else:
+        batch = RequestBatch(
+            batch_size=None,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            max_generate_length=args.max_new_tokens,
+            apply_chat_template=args.chat,
+            requests=[
+                Request(
+                    messages=[{"role": "user", "content": args.prompt}],
+                    stop=[],
+                    logit_bias={},
+                    num_logprobs=0,
+                )
+            ],
+        )
+    engine = _engine(args)
+    tokenizer = Tokenizer.from_dir(args.model)
+    prompts = [
+        encode_request(tokenizer, r.messages, batch.apply_chat_template) for r in batch.requests
+    ]
+    streaming = args.output_file is None and len(prompts) == 1 and args.loop == "python"
+    completions = generate(
+        engine,
+        tokenizer,
+        prompts,
+        max_new_tokens=batch.max_generate_length,
+        temperature=batch.temperature,
+        top_p=batch.top_p,
+        top_k=batch.top_k,
+        logit_bias=[r.logit_bias for r in batch.requests],
+        num_logprobs=[r.num_logprobs for r in batch.requests],
+        stop=[r.stop for r in batch.requests],
+        seed=args.seed,
+        batch_size=batch.batch_size,
+        loop=args.loop,
+        on_text=(lambda i, s: print(s, end="", flush=True, file=sys.stderr)) if streaming else None,
+    )
+    if streaming:
+        print(file=sys.stderr)
+    text = json.dumps(responses_json(completions), indent=2, ensure_ascii=False)
+    if args.output_file:
+        Path(args.output_file).write_text(text + "\n")
+    else:
+        print(text)
+    return 0
+
+
+def encode_request(tokenizer, messages: list[dict], chat: bool) -> list[int]:
+    """Chat-templated (special tokens come from the template) or plain joined contents."""
+    if chat and tokenizer.chat_templates:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        return tokenizer.encode(text, add_special_tokens=False)
+    return tokenizer.encode("\n".join(m["content"] for m in messages))
+
+
+def cmd_inspect(args) -> int:
+    engine = _engine(args)
+    spec = engine.spec
+    cfg = engine.config
+    print(
+        f"engine: {getattr(engine, 'provider', type(engine).__name__)}  model: "
+        f"{cfg.model.architecture}  dtype: {cfg.dtype}  kv: {cfg.kv_dtype}"
+    )
+    for i, p in enumerate(spec.profiles):
+        print(
+            f"profile {i}: batch {p.batch[0]}..{p.batch[1]}  seq_len {p.seq_len[0]}..{p.seq_len[1]}"
+        )
+    aliases = dict(spec.aliases)
+    for b in spec.bindings:
+        dims = " x ".join(
+            d if isinstance(d, str) else str(d) if isinstance(d, int) else "*".join(d)
+            for d in b.shape
+        )
+        alias = f"  (aliases {aliases[b.name]})" if b.name in aliases else ""
+        print(f"  {b.io:3} {b.name:24} {b.dtype:9} [{dims}]{alias}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench_engine
+
+    engine = _engine(args)
+    need = args.context + args.steps + 2
+    if need > engine.config.kv_capacity:
+        raise InputError(
+            f"bench: context {args.context} + {args.steps} steps needs {need} KV slots (expected "
+            f"<= kv capacity={engine.config.kv_capacity}); raise --kv-capacity"
+        )
+    rows = [
+        bench_engine(engine, batch=b, prompt_len=args.context, decode_steps=args.steps)
+        for b in args.batch
+    ]
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(rows, indent=2) + "\n")
+    print(
+        f"{'system':22} {'batch':>5} {'context':>7} {'prefill tok/s':>13} {'decode ms':>9} "
+        f"{'tok/s':>8}"
+    )
+    for r in rows:
+        print(
+            f"{r['system']:22} {r['batch']:5d} {r['context']:7d} "
+            f"{r['prefill_tokens_per_s']:13.1f} {r['decode_ms']:9.2f} {r['tokens_per_s']:8.1f}"
+        )
+    return 0
+
+
+def cmd_build(args) -> int:
+    from rich.progress import Progress
+
+    from .engine.build import build_engine
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("build", total=1.0)
+        out = build_engine(
+            args.model,
+            args.out,
+            args.provider,
+            args.max_batch,
+            args.max_input_len,
+            args.kv_capacity,
+            dtype=args.dtype,
+            progress=lambda stage, frac: bar.update(task, completed=frac, description=stage),
+        )
+    print(f"engine directory: {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(model=args.model, loop=args.loop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edgellm-fn", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate text for a prompt or a request file")
+    g.add_argument("--model", required=True, help="checkpoint or engine directory")
+    g.add_argument("--prompt")
+    g.add_argument("--input-file", help="Edge-LLM request JSON")
+    g.add_argument("--output-file", help="response JSON (stdout when omitted)")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=1, help="1 = greedy (default), 0 = off")
+    g.add_argument("--no-chat", dest="chat", action="store_false", help="skip the chat template")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--loop", choices=["python", "while"], default="python")
+    _add_limits(g)
+    g.set_defaults(fn=cmd_generate)
+
+    i = sub.add_parser("inspect", help="print the engine spec: bindings, shapes, profiles")
+    i.add_argument("--model", required=True)
+    _add_limits(i)
+    i.set_defaults(fn=cmd_inspect)
+
+    b = sub.add_parser("bench", help="prefill tokens/s and decode ms/token")
+    b.add_argument("--model", required=True)
+    b.add_argument("--batch", type=int, nargs="+", default=[1])
+    b.add_argument("--context", type=int, default=128, help="prompt tokens already prefilled")
+    b.add_argument("--steps", type=int, default=50, help="decode steps timed")
+    b.add_argument("--output", help="write the JSON rows here")
+    _add_limits(b)
+    b.set_defaults(fn=cmd_bench)
+
+    bl = sub.add_parser("build", help="export and build an engine directory")
+    bl.add_argument("--model", required=True, help="checkpoint directory")
+    bl.add_argument("--out", required=True, help="engine directory to write")
+    bl.add_argument("--provider", choices=["onnx", "tensorrt", "tensorrt-rtx"], required=True)
+    bl.add_argument("--max-batch", type=int, default=4)
+    bl.add_argument("--max-input-len", type=int, default=128)
+    bl.add_argument("--kv-capacity", type=int, default=256)
+    bl.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    bl.set_defaults(fn=cmd_build)
+
+    d = sub.add_parser("demo", help="generate with the embedded demo model")
+    d.add_argument("--model", default=None, help="another checkpoint instead of the demo model")
+    d.add_argument("--loop", choices=["python", "while"], default="python")
+    d.set_defaults(fn=cmd_demo)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, InputError, ValueError) as e:
+        print(f"edgellm-fn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

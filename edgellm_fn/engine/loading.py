@@ -1,0 +1,78 @@
+"""``load_engine``: a Hugging Face checkpoint (xla provider) or a built engine directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import EngineConfig, read_json
+from ..errors import ConfigError
+from ..models.loader import load_checkpoint
+from .protocol import Engine
+from .xla import XlaEngine
+
+PROVIDERS = ("xla", "onnxruntime", "tensorrt")
+
+
+def is_engine_dir(path: str | Path) -> bool:
+    """An engine directory's config.json carries a ``builder_config`` section."""
+    cfg = Path(path) / "config.json"
+    return cfg.is_file() and "builder_config" in read_json(cfg)
+
+
+def load_engine(
+    path: str | Path,
+    *,
+    provider: str | None = None,
+    max_batch_size: int = 4,
+    max_input_len: int = 256,
+    kv_capacity: int = 512,
+    dtype: str | None = None,
+) -> Engine:
+    """Loads an engine.
+
+    Args:
+      path: a checkpoint directory (run by the xla provider with the given limits) or an engine
+        directory (its ``builder_config`` sets the limits).
+      provider: ``"xla"`` for checkpoints; for engine directories ``"onnxruntime"`` or
+        ``"tensorrt"`` (default: from the engine file present).
+      max_batch_size, max_input_len, kv_capacity, dtype: limits of an xla engine.
+
+    Raises:
+      ConfigError: unknown provider, or a provider that does not fit the directory.
+    """
+    path = Path(path)
+    if provider is not None and provider not in PROVIDERS:
+        raise ConfigError(f"load_engine: provider={provider!r} (expected one of {PROVIDERS})")
+    if is_engine_dir(path):
+        return _load_engine_dir(path, provider)
+    if provider not in (None, "xla"):
+        raise ConfigError(
+            f"load_engine: {path} is a checkpoint, not an engine directory (provider={provider!r}"
+            " needs one); build it with `edgellm-fn build --model CKPT --out DIR`"
+        )
+    cfg, params = load_checkpoint(path, dtype=dtype)
+    ecfg = EngineConfig.create(
+        cfg,
+        max_batch_size=max_batch_size,
+        max_input_len=max_input_len,
+        kv_capacity=kv_capacity,
+        dtype=dtype,
+    )
+    return XlaEngine(ecfg, params)
+
+
+def _load_engine_dir(path: Path, provider: str | None) -> Engine:
+    if provider == "xla":
+        raise ConfigError(
+            f"load_engine: {path} is an engine directory (expected a checkpoint for provider "
+            "'xla'); pass the checkpoint directory instead"
+        )
+    if provider is None:
+        provider = "tensorrt" if any(path.glob("*.engine")) else "onnxruntime"
+    if provider == "onnxruntime":
+        from .onnxruntime import load_onnxruntime_engine
+
+        return load_onnxruntime_engine(path)
+    from .tensorrt import load_tensorrt_engine
+
+    return load_tensorrt_engine(path)

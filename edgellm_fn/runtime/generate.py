@@ -1,0 +1,259 @@
+"""Host-side generation: tokenize, batch, prefill, decode loop, detokenize, stop strings.
+
+This is the facade the CLI and the demo use; research code can call ``steps`` and ``loops``
+directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+
+from ..engine.protocol import Engine
+from ..errors import InputError
+from ..state.resources import create_state
+from . import loops, steps
+from .sampling import make_sampling_params
+from .tokenizer import StreamDecoder, Tokenizer, find_stop
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Completion:
+    """One request's result.
+
+    Attributes:
+      text: generated text (stop string and EOS excluded).
+      tokens: generated ids (EOS included when it ended the row).
+      finish_reason: ``"stop"`` (EOS or stop string) or ``"length"``.
+      logprobs: per token ``{"token_id", "token", "logprob", "top_logprobs"}``, or None.
+      prompt_tokens: number of prompt tokens.
+    """
+
+    text: str
+    tokens: list[int]
+    finish_reason: str
+    logprobs: list[dict] | None
+    prompt_tokens: int
+
+
+def bucket_length(n: int, max_input_len: int) -> int:
+    """Pads prompt lengths to powers of two (>= 8) so nearby lengths share a compilation."""
+    return min(max_input_len, max(8, 1 << (n - 1).bit_length()))
+
+
+def eos_ids_of(engine: Engine, tokenizer: Tokenizer | None) -> tuple[int, ...]:
+    """EOS ids of the model config and the tokenizer (generation_config, eos_token)."""
+    ids = set(engine.config.model.eos_token_ids)
+    if tokenizer is not None:
+        ids |= set(tokenizer.eos_token_ids)
+    return tuple(sorted(ids))
+
+
+def generate(
+    engine: Engine,
+    tokenizer: Tokenizer,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    logit_bias: Sequence[dict | None] | None = None,
+    num_logprobs: Sequence[int] | int = 0,
+    stop: Sequence[Sequence[str]] | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    loop: str = "python",
+    on_text: Callable[[int, str], None] | None = None,
+) -> list[Completion]:
+    """Generates a completion for each tokenized prompt.
+
+    Args:
+      engine: any provider.
+      tokenizer: for detokenization, stop strings and EOS ids.
+      prompts: token ids of each prompt (chat template already applied).
+      max_new_tokens: generation limit, clamped per row to the KV capacity.
+      temperature, top_p, top_k: sampling (``top_k == 1`` or ``temperature == 0``: greedy).
+      logit_bias: per prompt ``{token_id: bias}`` or None.
+      num_logprobs: per prompt (or one for all) number of top log-probabilities, 0..50.
+      stop: per prompt stop strings.
+      seed: PRNG seed; the same seed gives the same tokens with either loop.
+      batch_size: rows per batch (default and maximum: the engine's max batch size).
+      loop: ``"python"`` (streaming, early stop on stop strings) or ``"while"`` (one jit).
+      on_text: ``on_text(prompt_index, text_delta)`` while streaming (python loop only).
+
+    Raises:
+      InputError: empty or too long prompts, bad sampling values, unknown loop.
+    """
+    n = len(prompts)
+    cfg = engine.config
+    if loop not in ("python", "while"):
+        raise InputError(f"generate: loop={loop!r} (expected 'python' or 'while')")
+    batch_size = batch_size or cfg.max_batch_size
+    if not 1 <= batch_size <= cfg.max_batch_size:
+        raise InputError(
+            f"generate: batch_size={batch_size} (expected 1..max_batch_size={cfg.max_batch_size})"
+        )
+    for i, p in enumerate(prompts):
+        if not 1 <= len(p) <= cfg.max_input_len:
+            raise InputError(
+                f"generate: prompt {i} has {len(p)} tokens (expected 1..max_input_len="
+                f"{cfg.max_input_len}); upstream rejects longer prompts too"
+            )
+    logit_bias = list(logit_bias) if logit_bias is not None else [None] * n
+    nlp = [num_logprobs] * n if isinstance(num_logprobs, int) else list(num_logprobs)
+    stop = [list(s or []) for s in stop] if stop is not None else [[] for _ in range(n)]
+    eos = eos_ids_of(engine, tokenizer)
+    key = jax.random.PRNGKey(seed)
+    out: list[Completion] = []
+    for start in range(0, n, batch_size):
+        rows = range(start, min(n, start + batch_size))
+        out.extend(
+            _generate_batch(
+                engine,
+                tokenizer,
+                [list(prompts[i]) for i in rows],
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                logit_bias=[logit_bias[i] for i in rows],
+                num_logprobs=[nlp[i] for i in rows],
+                stop=[stop[i] for i in rows],
+                eos=eos,
+                key=jax.random.fold_in(key, start),
+                loop=loop,
+                on_text=None if on_text is None else (lambda r, s, o=start: on_text(o + r, s)),
+            )
+        )
+    return out
+
+
+def _generate_batch(
+    engine,
+    tokenizer,
+    prompts,
+    *,
+    max_new_tokens,
+    temperature,
+    top_p,
+    top_k,
+    logit_bias,
+    num_logprobs,
+    stop,
+    eos,
+    key,
+    loop,
+    on_text,
+) -> list[Completion]:
+    b = len(prompts)
+    cfg = engine.config
+    config, params = make_sampling_params(
+        b,
+        vocab_size=cfg.model.vocab_size,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        logit_bias=logit_bias,
+        num_logprobs=max(num_logprobs),
+    )
+    lengths = np.array([len(p) for p in prompts])
+    ids = np.zeros((b, bucket_length(int(lengths.max()), cfg.max_input_len)), np.int32)
+    for r, p in enumerate(prompts):
+        ids[r, : len(p)] = p
+    state = create_state(cfg, b)
+    state = steps.prefill(engine, state, steps.embed(engine, ids), lengths)
+    limits = loops.token_limits(engine, lengths, max_new_tokens)
+
+    decoders = [StreamDecoder(tokenizer) for _ in range(b)]
+    texts = [""] * b
+    stopped = [False] * b
+
+    def on_token(row: int, tok: int) -> None:
+        if tok in eos:
+            return
+        texts[row] += decoders[row].push(tok)
+
+    def should_stop(row: int, tok: int) -> bool:
+        hit = find_stop(texts[row], stop[row]) if stop[row] else None
+        stopped[row] = hit is not None
+        return stopped[row]
+
+    if loop == "while":
+        _, res = loops.decode_while(
+            engine, state, config, params, key, limits, eos_ids=eos, max_new_tokens=max_new_tokens
+        )
+        res = jax.device_get(res)
+    else:
+        streamed = [""] * b
+
+        def stream(row: int, tok: int) -> None:
+            on_token(row, tok)
+            if on_text is not None and not stopped[row]:
+                visible = _visible(texts[row], stop[row])
+                if len(visible) > len(streamed[row]):
+                    on_text(row, visible[len(streamed[row]) :])
+                    streamed[row] = visible
+
+        _, res = loops.decode_python(
+            engine,
+            state,
+            config,
+            params,
+            key,
+            limits,
+            eos_ids=eos,
+            max_new_tokens=max_new_tokens,
+            on_token=stream,
+            should_stop=should_stop,
+        )
+    out = []
+    for r in range(b):
+        toks = [int(t) for t in res.tokens[r, : int(res.num_tokens[r])]]
+        text = tokenizer.decode([t for t in toks if t not in eos])
+        hit = find_stop(text, stop[r]) if stop[r] else None
+        if hit is not None:
+            text = text[: hit[0]]
+        reason = "stop" if bool(res.hit_eos[r]) or hit is not None else "length"
+        out.append(
+            Completion(
+                text=text,
+                tokens=toks,
+                finish_reason=reason,
+                prompt_tokens=int(lengths[r]),
+                logprobs=_logprobs(tokenizer, res, r, len(toks), num_logprobs[r])
+                if num_logprobs[r]
+                else None,
+            )
+        )
+    return out
+
+
+def _visible(text: str, stop: list[str]) -> str:
+    """Text safe to stream: hold back a suffix that could still become a stop string."""
+    from .tokenizer import partial_stop_length
+
+    return text[: len(text) - partial_stop_length(text, stop)] if stop else text
+
+
+def _logprobs(tokenizer, res, row: int, n: int, k: int) -> list[dict]:
+    entries = []
+    for t in range(n):
+        tid = int(res.tokens[row, t])
+        entries.append(
+            {
+                "token_id": tid,
+                "token": tokenizer.decode([tid]),
+                "logprob": float(res.logprobs[row, t]),
+                "top_logprobs": [
+                    {"token_id": int(i), "token": tokenizer.decode([int(i)]), "logprob": float(lp)}
+                    for i, lp in zip(
+                        res.top_ids[row, t, :k], res.top_logprobs[row, t, :k], strict=True
+                    )
+                ],
+            }
+        )
+    return entries
