@@ -6,6 +6,7 @@ from .config import ModelConfig as ModelConfig
 from .dims import InferenceDims as InferenceDims
 from .dims import decode_dims as decode_dims
 from .dims import prefill_dims as prefill_dims
+from .engine.loading import load_engine as load_engine
 from .engine.protocol import Engine as Engine
 from .engine.spec import EngineSpec as EngineSpec
 from .engine.spec import build_llm_spec as build_llm_spec
@@ -15,9 +16,19 @@ from .errors import ConfigError as ConfigError
 from .errors import EngineError as EngineError
 from .errors import InputError as InputError
 from .models.loader import load_checkpoint as load_checkpoint
+from .runtime.generate import Completion as Completion
+from .runtime.generate import generate as generate
+from .runtime.loops import decode_python as decode_python
+from .runtime.loops import decode_while as decode_while
+from .runtime.loops import token_limits as token_limits
+from .runtime.sampling import SamplingConfig as SamplingConfig
+from .runtime.sampling import SamplingParams as SamplingParams
+from .runtime.sampling import make_sampling_params as make_sampling_params
+from .runtime.sampling import sample as sample
 from .runtime.steps import decode as decode
 from .runtime.steps import embed as embed
 from .runtime.steps import prefill as prefill
+from .runtime.tokenizer import Tokenizer as Tokenizer
 from .state.kv import KVCache as KVCache
 from .state.resources import RuntimeState as RuntimeState
 from .state.resources import SharedResources as SharedResources
@@ -26,6 +37,7 @@ from .tensor_map import build_tensor_map as build_tensor_map
 
 __all__ = [
     "CheckpointError",
+    "Completion",
     "ConfigError",
     "DeploymentConfig",
     "Engine",
@@ -37,15 +49,25 @@ __all__ = [
     "KVCache",
     "ModelConfig",
     "RuntimeState",
+    "SamplingConfig",
+    "SamplingParams",
     "SharedResources",
+    "Tokenizer",
     "XlaEngine",
     "build_llm_spec",
     "build_tensor_map",
     "create_state",
     "decode",
     "decode_dims",
+    "decode_python",
+    "decode_while",
     "embed",
+    "generate",
     "load_checkpoint",
+    "load_engine",
+    "make_sampling_params",
     "prefill",
     "prefill_dims",
+    "sample",
+    "token_limits",
 ]
