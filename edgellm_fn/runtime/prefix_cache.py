@@ -1,0 +1,190 @@
+"""Prompt-prefix KV caching on the FFI KV-cache kernels (upstream's system-prompt cache, plus
+a longest-prefix lookup by token ids).
+
+Like upstream, restoring a cached prefix of N tokens reuses N-1 of them and prefills the rest
+from a non-empty cache (``prefill(..., append=True)``), so the last prompt token's logits are
+computed by the engine::
+
+    prompt:   p0 p1 p2 p3 p4 p5 p6          cached entry: p0 p1 p2 p3 (N=4)
+    restore:  [p0 p1 p2] -> kv.lengths = 3
+    prefill:             [p3 p4 p5 p6]      (append=True, context_lengths = 7)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from ..engine.protocol import Engine
+from ..errors import InputError
+from ..ffi.kv_cache_utils import (
+    MAX_BATCHED_LAYERS,
+    instantiate_kv_cache_batched,
+    save_kv_cache_batched,
+)
+from ..state.resources import RuntimeState
+from . import steps
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PrefixCache:
+    """Saved KV of one row's first ``length`` tokens.
+
+    Attributes:
+      k: per layer ``[Hkv, length, D]`` keys.
+      v: per layer ``[Hkv, length, D]`` values.
+      tokens: the token ids the KV was computed from (static metadata).
+    """
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+    tokens: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
+
+
+def _groups(arrays: list) -> list[slice]:
+    return [slice(i, i + MAX_BATCHED_LAYERS) for i in range(0, len(arrays), MAX_BATCHED_LAYERS)]
+
+
+@functools.partial(jax.jit, static_argnames=("row", "length"))
+def _save(state: RuntimeState, row: int, length: int) -> list[jax.Array]:
+    layers = [*state.kv.k, *state.kv.v]
+    out: list[jax.Array] = []
+    for g in _groups(layers):  # one kernel launch per group of up to MAX_BATCHED_LAYERS arrays
+        out += save_kv_cache_batched(layers[g], row, length)
+    return out
+
+
+def save_prefix(state: RuntimeState, row: int, tokens: Sequence[int]) -> PrefixCache:
+    """Copies the KV of row ``row``'s first ``len(tokens)`` slots out of the cache.
+
+    Args:
+      state: a state whose row ``row`` holds at least ``len(tokens)`` tokens (not donated).
+      row: batch row.
+      tokens: the ids those slots were computed from (the cache key).
+
+    Raises:
+      InputError: bad row, or the row holds fewer tokens than ``tokens``.
+    """
+    tokens = tuple(int(t) for t in tokens)
+    if not 0 <= row < state.batch:
+        raise InputError(f"save_prefix: row={row} (expected 0 <= row < batch={state.batch})")
+    held = int(jax.device_get(state.kv.lengths)[row])
+    if not 1 <= len(tokens) <= held:
+        raise InputError(
+            f"save_prefix: len(tokens)={len(tokens)} (expected 1..{held}, the tokens row {row} "
+            "holds)"
+        )
+    saved = _save(state, row, len(tokens))
+    n = len(state.kv.k)
+    return PrefixCache(k=tuple(saved[:n]), v=tuple(saved[n:]), tokens=tokens)
+
+
+@functools.partial(jax.jit, static_argnames=("row",), donate_argnames=("state",), keep_unused=True)
+def _restore(state: RuntimeState, prefix: PrefixCache, row: int, used: int) -> RuntimeState:
+    layers = [*state.kv.k, *state.kv.v]
+    saved = [*prefix.k, *prefix.v]
+    out: list[jax.Array] = []
+    for g in _groups(layers):
+        out += instantiate_kv_cache_batched(layers[g], saved[g], row)
+    n = len(state.kv.k)
+    kv = dataclasses.replace(
+        state.kv, k=tuple(out[:n]), v=tuple(out[n:]), lengths=state.kv.lengths.at[row].set(used)
+    )
+    return dataclasses.replace(state, res=dataclasses.replace(state.res, kv=kv))
+
+
+def restore_prefix(
+    state: RuntimeState, row: int, prefix: PrefixCache, used: int | None = None
+) -> RuntimeState:
+    """Writes a saved prefix into row ``row`` in place and sets its length to ``used``.
+
+    Args:
+      state: donated.
+      row: batch row.
+      prefix: from ``save_prefix``.
+      used: cached tokens to keep (default ``prefix.length - 1``: upstream reuses N-1 of N).
+
+    Raises:
+      InputError: bad row, ``used`` out of range, or a prefix longer than the KV capacity.
+    """
+    used = prefix.length - 1 if used is None else used
+    if not 0 <= row < state.batch:
+        raise InputError(f"restore_prefix: row={row} (expected 0 <= row < batch={state.batch})")
+    if not 0 <= used <= prefix.length:
+        raise InputError(f"restore_prefix: used={used} (expected 0..prefix length {prefix.length})")
+    if prefix.length > state.kv.capacity:
+        raise InputError(
+            f"restore_prefix: prefix length {prefix.length} (expected <= kv capacity="
+            f"{state.kv.capacity})"
+        )
+    steps._check_live(state, "restore_prefix")
+    return _restore(state, prefix, row, np.int32(used))
+
+
+class PrefixStore:
+    """Host-side store of ``PrefixCache`` entries, looked up by longest common token prefix."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[int, ...], PrefixCache] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, prefix: PrefixCache) -> None:
+        self._entries[prefix.tokens] = prefix
+
+    def lookup(self, tokens: Sequence[int]) -> tuple[PrefixCache | None, int]:
+        """Returns the entry sharing the longest prefix with ``tokens`` and how many tokens
+        of it to reuse (at most ``len(tokens) - 1``, so one token is always prefilled)."""
+        best, best_n = None, 0
+        for key, entry in self._entries.items():
+            n = 0
+            for a, b in zip(key, tokens, strict=False):
+                if a != b:
+                    break
+                n += 1
+            n = min(n, len(tokens) - 1)
+            if n > best_n:
+                best, best_n = entry, n
+        return best, best_n
+
+
+def prefill_with_prefixes(
+    engine: Engine,
+    state: RuntimeState,
+    prompts: Sequence[Sequence[int]],
+    store: PrefixStore,
+    bucket: int | None = None,
+) -> tuple[RuntimeState, list[int]]:
+    """Restores each row's longest cached prefix, then prefills the rest of every prompt.
+
+    Args:
+      state: a fresh state for ``len(prompts)`` rows (donated).
+      bucket: pad the remaining tokens to this length (default: the longest remainder).
+
+    Returns:
+      The state after prefill and, per row, the number of tokens reused from the store.
+    """
+    reused = []
+    for row, prompt in enumerate(prompts):
+        entry, n = store.lookup(prompt)
+        if entry is not None:
+            state = restore_prefix(state, row, entry, used=n)
+        reused.append(n)
+    rest = [list(p[n:]) for p, n in zip(prompts, reused, strict=True)]
+    width = bucket or max(len(r) for r in rest)
+    ids = np.zeros((len(prompts), width), np.int32)
+    for row, r in enumerate(rest):
+        ids[row, : len(r)] = r
+    lengths = np.array([len(p) for p in prompts])
+    state = steps.prefill(engine, state, steps.embed(engine, ids), lengths, append=True)
+    return state, reused
