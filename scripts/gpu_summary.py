@@ -17,12 +17,10 @@ def summarize(path: str) -> list[tuple[str, int, int, int, float, str]]:
         lambda: {"passed": 0, "failed": 0, "skipped": 0, "time": 0.0, "figures": []}
     )
     for case in ET.parse(path).getroot().iter("testcase"):
-        group = (
-            case.get("classname", "?").rsplit(".", 1)[0]
-            if "." in case.get("classname", "")
-            else "?"
-        )
-        g = groups[group]
+        parts = case.get("classname", "?").split(".")
+        if len(parts) > 1 and parts[-1].startswith("Test"):  # a test class: group by its file
+            parts = parts[:-1]
+        g = groups[".".join(parts)]
         g["time"] += float(case.get("time", 0) or 0)
         if case.find("failure") is not None or case.find("error") is not None:
             g["failed"] += 1
