@@ -40,6 +40,11 @@ class Engine(Protocol):
         """Every binding, the two profiles and the aliased pairs."""
         ...
 
+    @property
+    def embedding(self) -> jax.Array:
+        """``[V, H]`` token embedding table; the lookup runs outside the engine (as upstream)."""
+        ...
+
     def prepare(
         self, profile: int, dims: InferenceDims, tensor_map: Mapping[str, jax.Array]
     ) -> Prepared:
@@ -48,6 +53,10 @@ class Engine(Protocol):
 
     def execute(self, prepared: Prepared) -> dict[str, jax.Array]:
         """Runs one step; returns every output binding (``present_*`` alias ``past_*``)."""
+        ...
+
+    def capture_graph(self, prepared: Prepared) -> bool:
+        """Captures a CUDA graph for these bindings; False when the provider does not."""
         ...
 
 
