@@ -71,3 +71,14 @@ def test_one_trace_per_profile_and_batch_shape(checkpoints):
                 state = ef.decode(engine, state, ef.embed(engine, ids[:, :1]))
     assert steps._prefill_jit._cache_size() == 2
     assert steps._decode_jit._cache_size() == 2
+
+
+def test_chex_sees_one_decode_trace_per_batch_shape(checkpoints):
+    engine = make_engine(checkpoints["llama"])
+    for batch in (1, 3):
+        traced = jax.jit(chex.assert_max_traces(steps.decode_step, n=1), donate_argnums=1)
+        state = ef.create_state(engine.config, batch)
+        x = ef.embed(engine, np.ones((batch, 1), np.int32))
+        for _ in range(5):
+            state = traced(engine, state, x)  # raises if a step retraces
+        np.testing.assert_array_equal(np.asarray(state.kv.lengths), [5] * batch)
