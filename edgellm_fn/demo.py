@@ -8,6 +8,7 @@ from pathlib import Path
 import jax
 import numpy as np
 from rich.console import Console
+from rich.text import Text
 
 from .engine.loading import load_engine
 from .runtime import steps
@@ -23,14 +24,14 @@ PROMPTS = [
 ]
 
 
-def run_demo(model: str | None = None, loop: str = "python", max_new_tokens: int = 96) -> int:
+def run_demo(model: str | None = None, loop: str = "python", max_new_tokens: int = 80) -> int:
     """Loads the demo model, shows fixed buffer addresses, and completes a few prompts."""
     from .demo_model import demo_model_dir
 
     console = Console(highlight=False)
     path = Path(model) if model else demo_model_dir()
     with console.status(f"loading {path.name} and compiling steps..."):
-        engine = load_engine(path, max_batch_size=len(PROMPTS), max_input_len=64, kv_capacity=192)
+        engine = load_engine(path, max_batch_size=len(PROMPTS), max_input_len=64, kv_capacity=128)
         tokenizer = Tokenizer.from_dir(path)
         cfg = engine.config.model
         n_params = sum(x.size for x in jax.tree_util.tree_leaves(engine.params))
@@ -54,8 +55,8 @@ def run_demo(model: str | None = None, loop: str = "python", max_new_tokens: int
         n = sum(len(c.tokens) for c in out)
         console.rule(f"{title}: {n} tokens in {dt:.2f} s = {n / dt:.1f} tokens/s ({loop} loop)")
         for prompt, c in zip(PROMPTS, out, strict=True):
-            console.print(f"[cyan]{prompt}[/cyan]{c.text}", markup=False, end="")
-            console.print(f"\n[dim]-- {len(c.tokens)} tokens, finish: {c.finish_reason}[/dim]\n")
+            console.print(Text(prompt, style="cyan") + Text(c.text), soft_wrap=True)
+            console.print(f"[dim]-- {len(c.tokens)} tokens, finish: {c.finish_reason}[/dim]\n")
     return 0
 
 

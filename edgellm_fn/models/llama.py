@@ -93,8 +93,10 @@ def attend(
         mask &= slot > pos - window
     scores = jnp.where(mask[:, None, None], scores, _NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    out = jnp.einsum("bkgsc,bkcd->bskgd", probs, v_cache, preferred_element_type=jnp.float32)
-    return out.astype(q.dtype).reshape(b, s, hq * d)
+    # Probabilities are cast to the model dtype first (as transformers does); the product stays
+    # in that dtype (XLA:CPU has no bf16 x bf16 -> f32 batched dot).
+    out = jnp.einsum("bkgsc,bkcd->bskgd", probs, v_cache.astype(q.dtype))
+    return out.reshape(b, s, hq * d)
 
 
 def write_kv(cache: jax.Array, new: jax.Array, write_pos: jax.Array) -> jax.Array:
