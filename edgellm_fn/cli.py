@@ -121,32 +121,9 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench_engine
+    from .bench import run_bench
 
-    engine = _engine(args)
-    need = args.context + args.steps + 2
-    if need > engine.config.kv_capacity:
-        raise InputError(
-            f"bench: context {args.context} + {args.steps} steps needs {need} KV slots (expected "
-            f"<= kv capacity={engine.config.kv_capacity}); raise --kv-capacity"
-        )
-    rows = [
-        bench_engine(engine, batch=b, prompt_len=args.context, decode_steps=args.steps)
-        for b in args.batch
-    ]
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(rows, indent=2) + "\n")
-    print(
-        f"{'system':22} {'batch':>5} {'context':>7} {'prefill tok/s':>13} {'decode ms':>9} "
-        f"{'tok/s':>8}"
-    )
-    for r in rows:
-        print(
-            f"{r['system']:22} {r['batch']:5d} {r['context']:7d} "
-            f"{r['prefill_tokens_per_s']:13.1f} {r['decode_ms']:9.2f} {r['tokens_per_s']:8.1f}"
-        )
-    return 0
+    return run_bench(args)
 
 
 def cmd_build(args) -> int:
@@ -200,13 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     _add_limits(i)
     i.set_defaults(fn=cmd_inspect)
 
-    b = sub.add_parser("bench", help="prefill tokens/s and decode ms/token")
-    b.add_argument("--model", required=True)
-    b.add_argument("--batch", type=int, nargs="+", default=[1])
-    b.add_argument("--context", type=int, default=128, help="prompt tokens already prefilled")
-    b.add_argument("--steps", type=int, default=50, help="decode steps timed")
-    b.add_argument("--output", help="write the JSON rows here")
-    _add_limits(b)
+    b = sub.add_parser(
+        "bench", help="decode/prefill vs measured roofline, with peers (see BENCHMARKS.md)"
+    )
+    from .bench import add_bench_arguments
+
+    add_bench_arguments(b)
     b.set_defaults(fn=cmd_bench)
 
     bl = sub.add_parser("build", help="export and build an engine directory")
