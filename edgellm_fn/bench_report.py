@@ -103,13 +103,13 @@ def plot(rows: Sequence[dict], path: str | Path) -> bool:
         lo = min(min(r["roofline_ms"], r["decode_ms"]) for r in ok) * 0.8
         hi = max(max(r["roofline_ms"], r["decode_ms"]) for r in ok) * 1.25
         ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="at the roofline (y = x)")
+        ax.legend(fontsize=8)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("decode roofline, ms/step: (weights + valid KV bytes) / copy bandwidth")
     ax.set_ylabel("measured decode, ms/step (median)")
     ax.set_title("decode vs memory roofline on " + ", ".join(sorted({r["gpu"] for r in rows})))
     ax.title.set_fontsize(9)
-    ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
