@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import os
 import platform
 import signal
@@ -198,20 +199,23 @@ def make_runners(spec: RunSpec, engine: XlaEngine) -> list[tuple[str, str, Facto
     if "hf" in spec.peers or "hf-compile" in spec.peers:
         import torch
 
-        from .bench_hf import HfCompileRunner, HfEagerRunner, build_hf_model
+        from .bench_hf import HfCompileRunner, HfEagerRunner, build_hf_model, torch_device
 
-        model = build_hf_model(spec.preset.hf_config, engine.config, engine.params)
-        where = f"torch {torch.__version__} on {model.device.type}"
-        if model.device.type == "cpu":
-            where += f" ({torch.get_num_threads()} thread)"
+        # Built on first use (after the JAX systems ran), so a failure lands in the hf rows.
+        model = functools.cache(
+            lambda: build_hf_model(spec.preset.hf_config, engine.config, engine.params)
+        )
+        where = f"torch {torch.__version__} on {torch_device()}"
+        if torch_device() == "cpu":
+            where += " (1 thread)"
         if "hf" in spec.peers:
-            out.append(("hf-eager", f"{where}; DynamicCache", lambda b: HfEagerRunner(model, b)))
+            out.append(("hf-eager", f"{where}; DynamicCache", lambda b: HfEagerRunner(model(), b)))
         if "hf-compile" in spec.peers:
             out.append(
                 (
                     "hf-compile",
                     f"{where}; StaticCache, eager prefill, compiled decode (reduce-overhead)",
-                    lambda b: HfCompileRunner(model, b, spec.kv_capacity),
+                    lambda b: HfCompileRunner(model(), b, spec.kv_capacity),
                 )
             )
     return out

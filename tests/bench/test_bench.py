@@ -281,6 +281,7 @@ def test_unknown_preset_lists_the_known_ones():
             "--context=250 + --warmup=3 + --steps=10 needs 263 KV slots (expected <= --kv-capacity=256)",
         ),
         (["--preset", "tiny", "--peers", "hf,trt"], "has unknown ['trt']"),
+        (["--model", "/no/such/dir", "--peers", "hf"], "bench: --peers needs --preset"),
     ],
 )
 def test_cli_errors_exit_2_with_the_message(argv, message, capsys):
