@@ -16,10 +16,11 @@ import jax
 import numpy as np
 from jax.experimental.buffer_callback import Buffer, ExecutionContext, buffer_callback
 
+from ..config import EngineConfig
 from ..dims import InferenceDims
 from ..errors import EngineError
-from .protocol import Prepared
-from .spec import EngineSpec
+from .protocol import Prepared, prepare_checked
+from .spec import EngineSpec, build_llm_spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,3 +99,47 @@ def call_executor(spec: EngineSpec, executor: Executor, prepared: Prepared) -> d
     )
     values = call(*(prepared.tensors[n] for n in in_names))
     return dict(zip(out_names, values, strict=True))
+
+
+class CallbackEngine:
+    """An engine whose steps run an ``Executor`` through ``call_executor``.
+
+    A pytree whose only leaf is the embedding table; the config and the (hashable) executor are
+    static. Subclasses name the provider and register themselves as pytrees.
+    """
+
+    provider = "callback"
+
+    def __init__(self, config: EngineConfig, executor: Executor, embedding: jax.Array):
+        self.config = config
+        self.executor = executor
+        self._embedding = embedding
+
+    def tree_flatten(self):
+        return (self._embedding,), (self.config, self.executor)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(aux[0], aux[1], children[0])
+
+    @property
+    def embedding(self) -> jax.Array:
+        """``[V, H]`` token embedding table (the lookup runs outside the engine)."""
+        return self._embedding
+
+    @property
+    def spec(self) -> EngineSpec:
+        return build_llm_spec(self.config)
+
+    def prepare(
+        self, profile: int, dims: InferenceDims, tensor_map: Mapping[str, jax.Array]
+    ) -> Prepared:
+        return prepare_checked(self.spec, profile, dims, tensor_map)
+
+    def execute(self, prepared: Prepared) -> dict[str, jax.Array]:
+        return call_executor(self.spec, self.executor, prepared)
+
+    def capture_graph(self, prepared: Prepared) -> bool:
+        """No graphs unless the provider says otherwise."""
+        del prepared
+        return False

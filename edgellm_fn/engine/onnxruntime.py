@@ -16,13 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..config import EngineConfig
 from ..dims import InferenceDims
 from ..errors import EngineError
-from .callback import BufferInfo, call_executor
+from .callback import BufferInfo, CallbackEngine
 from .engine_dir import FoundBinding, check_io, read_engine_dir
-from .protocol import Prepared, prepare_checked
-from .spec import EngineSpec, build_llm_spec
+from .protocol import Prepared
+from .spec import build_llm_spec
 
 _ORT_DTYPES = {
     "tensor(float)": "float32",
@@ -81,36 +80,10 @@ class OrtExecutor:
 
 
 @jax.tree_util.register_pytree_node_class
-class OnnxRuntimeEngine:
+class OnnxRuntimeEngine(CallbackEngine):
     """An exported engine directory run by onnxruntime (CPU); the embedding is the only leaf."""
 
     provider = "onnxruntime"
-
-    def __init__(self, config: EngineConfig, executor: OrtExecutor, embedding: jax.Array):
-        self.config = config
-        self.executor = executor
-        self._embedding = embedding
-
-    def tree_flatten(self):
-        return (self._embedding,), (self.config, self.executor)
-
-    @classmethod
-    def tree_unflatten(cls, aux, children):
-        return cls(aux[0], aux[1], children[0])
-
-    @property
-    def embedding(self) -> jax.Array:
-        """``[V, H]`` token embedding table (the lookup runs outside the engine)."""
-        return self._embedding
-
-    @property
-    def spec(self) -> EngineSpec:
-        return build_llm_spec(self.config)
-
-    def prepare(
-        self, profile: int, dims: InferenceDims, tensor_map: Mapping[str, jax.Array]
-    ) -> Prepared:
-        return prepare_checked(self.spec, profile, dims, tensor_map)
 
     def execute(self, prepared: Prepared) -> dict[str, jax.Array]:
         if jax.default_backend() != "cpu":
@@ -118,12 +91,7 @@ class OnnxRuntimeEngine:
                 f"onnxruntime provider: backend={jax.default_backend()!r} (expected 'cpu'); this "
                 "provider binds host buffers, run it with JAX_PLATFORMS=cpu"
             )
-        return call_executor(self.spec, self.executor, prepared)
-
-    def capture_graph(self, prepared: Prepared) -> bool:
-        """onnxruntime on CPU has no graphs to capture."""
-        del prepared
-        return False
+        return super().execute(prepared)
 
 
 def load_onnxruntime_engine(

@@ -7,6 +7,7 @@ of ``InferenceDims`` fields. ``validate`` checks a tensor map against it at trac
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -117,6 +118,7 @@ class EngineSpec:
                 raise EngineError(f"tensor map: {b.name} has dtype {dtype} (expected {b.dtype})")
 
 
+@functools.cache
 def build_llm_spec(cfg: EngineConfig, max_decode_len: int = 1) -> EngineSpec:
     """The base-LLM contract of DESIGN.md section 3 for ``cfg``.
 

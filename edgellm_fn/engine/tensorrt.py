@@ -22,11 +22,11 @@ import jax.numpy as jnp
 from ..config import EngineConfig, read_json
 from ..dims import InferenceDims
 from ..errors import EngineError
-from .callback import BufferInfo, call_executor
+from .callback import BufferInfo, CallbackEngine
 from .engine_dir import CONFIG_FILE, read_engine_dir
-from .protocol import Prepared, prepare_checked
+from .protocol import Prepared
 from .snapshot import BindingSnapshot, GraphCache
-from .spec import EngineSpec, build_llm_spec
+from .spec import build_llm_spec
 from .trt_adapter import _Logger, check_introspection, introspect_engine, is_rtx, load_module
 
 #: Profile whose steps go through the ``GraphCache`` (decode/verify; prefill is never graphed).
@@ -132,39 +132,10 @@ class TrtExecutor:
 
 
 @jax.tree_util.register_pytree_node_class
-class TensorRtEngine:
+class TensorRtEngine(CallbackEngine):
     """A TensorRT engine directory run through ``buffer_callback``; the embedding is the leaf."""
 
     provider = "tensorrt"
-
-    def __init__(self, config: EngineConfig, executor: TrtExecutor, embedding: jax.Array):
-        self.config = config
-        self.executor = executor
-        self._embedding = embedding
-
-    def tree_flatten(self):
-        return (self._embedding,), (self.config, self.executor)
-
-    @classmethod
-    def tree_unflatten(cls, aux, children):
-        return cls(aux[0], aux[1], children[0])
-
-    @property
-    def embedding(self) -> jax.Array:
-        """``[V, H]`` token embedding table (the lookup runs outside the engine)."""
-        return self._embedding
-
-    @property
-    def spec(self) -> EngineSpec:
-        return build_llm_spec(self.config)
-
-    def prepare(
-        self, profile: int, dims: InferenceDims, tensor_map: Mapping[str, jax.Array]
-    ) -> Prepared:
-        return prepare_checked(self.spec, profile, dims, tensor_map)
-
-    def execute(self, prepared: Prepared) -> dict[str, jax.Array]:
-        return call_executor(self.spec, self.executor, prepared)
 
     def capture_graph(self, prepared: Prepared) -> bool:
         """Decode steps are captured on their first run by the ``GraphCache``; see ``stats``."""

@@ -7,7 +7,6 @@ XLA writes ``present_*`` into the ``past_*`` buffers.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 
 import jax
@@ -44,7 +43,7 @@ class XlaEngine:
 
     @property
     def spec(self) -> EngineSpec:
-        return _spec(self.config)
+        return build_llm_spec(self.config)
 
     def prepare(
         self, profile: int, dims: InferenceDims, tensor_map: Mapping[str, jax.Array]
@@ -93,8 +92,3 @@ class XlaEngine:
         """XLA captures its own CUDA graphs (command buffers); nothing to capture here."""
         del prepared
         return False
-
-
-@functools.cache
-def _spec(config: EngineConfig) -> EngineSpec:
-    return build_llm_spec(config)
