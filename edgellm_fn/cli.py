@@ -150,7 +150,7 @@ def cmd_build(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(model=args.model, loop=args.loop)
+    return run_demo(model=args.model)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,7 +197,6 @@ def main(argv: list[str] | None = None) -> int:
 
     d = sub.add_parser("demo", help="generate with the embedded demo model")
     d.add_argument("--model", default=None, help="another checkpoint instead of the demo model")
-    d.add_argument("--loop", choices=["python", "while"], default="python")
     d.set_defaults(fn=cmd_demo)
 
     args = parser.parse_args(argv)

@@ -17,14 +17,14 @@ from .runtime.tokenizer import Tokenizer
 from .state.resources import create_state
 
 PROMPTS = [
-    "def fibonacci(n):\n",
-    "import os\n\n\ndef list_python_files(path):\n",
-    "class Stack:\n    def __init__(self):\n",
-    "    for key, value in sorted(",
+    "class Point:\n    def __init__(self, x, y):\n        self.x = x\n",
+    "    def __repr__(self):\n        return ",
+    "        if not isinstance(value, str):\n            raise ",
+    "def read_file(path):\n    with open(path",
 ]
 
 
-def run_demo(model: str | None = None, loop: str = "python", max_new_tokens: int = 80) -> int:
+def run_demo(model: str | None = None, max_new_tokens: int = 64) -> int:
     """Loads the demo model, shows fixed buffer addresses, and completes a few prompts."""
     from .demo_model import demo_model_dir
 
@@ -36,24 +36,26 @@ def run_demo(model: str | None = None, loop: str = "python", max_new_tokens: int
         cfg = engine.config.model
         n_params = sum(x.size for x in jax.tree_util.tree_leaves(engine.params))
         prompts = [tokenizer.encode(p) for p in PROMPTS]
-        generate(engine, tokenizer, prompts, max_new_tokens=4, top_k=1, loop=loop)  # compile
     console.print(
         f"[bold]model[/bold] {path.name}: {cfg.architecture}, {n_params / 1e6:.2f}M params, "
         f"{cfg.num_hidden_layers} layers, {cfg.num_attention_heads}/{cfg.num_key_value_heads} "
-        f"heads; device {jax.devices()[0].device_kind}"
+        f"heads; device {jax.devices()[0].device_kind}",
+        soft_wrap=True,
     )
     _show_addresses(console, engine, prompts)
-    for title, kwargs in (
-        ("greedy", dict(top_k=1)),
-        ("sampled (temperature 0.8, top-p 0.95, seed 0)", dict(temperature=0.8, top_p=0.95)),
+    for title, loop, kwargs in (
+        ("greedy", "while", dict(top_k=1)),
+        ("sampled T=0.8 k=40 p=0.95", "python", dict(temperature=0.8, top_k=40, top_p=0.95)),
     ):
+        args = dict(max_new_tokens=max_new_tokens, loop=loop, **kwargs)
+        with console.status(f"compiling the {loop} loop..."):
+            generate(engine, tokenizer, prompts, **args)  # first call compiles
         t0 = time.perf_counter()
-        out = generate(
-            engine, tokenizer, prompts, max_new_tokens=max_new_tokens, loop=loop, **kwargs
-        )
+        out = generate(engine, tokenizer, prompts, **args)
         dt = time.perf_counter() - t0
         n = sum(len(c.tokens) for c in out)
-        console.rule(f"{title}: {n} tokens in {dt:.2f} s = {n / dt:.1f} tokens/s ({loop} loop)")
+        loop_name = "one jitted while_loop" if loop == "while" else "python loop"
+        console.rule(f"{title}, {loop_name}: {n} tokens in {dt:.2f} s = {n / dt:.0f} tokens/s")
         for prompt, c in zip(PROMPTS, out, strict=True):
             console.print(Text(prompt, style="cyan") + Text(c.text), soft_wrap=True)
             console.print(f"[dim]-- {len(c.tokens)} tokens, finish: {c.finish_reason}[/dim]\n")
