@@ -67,6 +67,11 @@ def build_engine(
         dtype=dtype,
     )
     kind = "onnx" if provider == "onnx" else "tensorrt"
+    if kind == "onnx" and cfg.dtype == "bfloat16":
+        raise ConfigError(
+            "build: dtype='bfloat16' for provider 'onnx' (expected float32 or float16); "
+            "onnxruntime's CPU kernels have no bfloat16 MatMul, pass --dtype float32"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     if kind == "onnx":
         import onnx

@@ -42,9 +42,12 @@ class OrtExecutor:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = log_severity  # 2 shows TensorScatter copy warnings
-        self.session = ort.InferenceSession(
-            str(model_path), opts, providers=["CPUExecutionProvider"]
-        )
+        try:
+            self.session = ort.InferenceSession(
+                str(model_path), opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise EngineError(f"{model_path}: onnxruntime cannot load this engine ({e})") from e
         self._lock = threading.Lock()
         #: Steps run; each bound every binding to XLA's buffers (no copies by this glue).
         self.runs = 0

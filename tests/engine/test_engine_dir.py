@@ -110,3 +110,16 @@ def test_config_with_other_dtype_than_the_engine(copy):
 def test_unknown_build_provider(checkpoints, tmp_path):
     with pytest.raises(ConfigError, match=r"build: provider='trt' \(expected one of"):
         build_engine(checkpoints["qwen3"], tmp_path, "trt")
+
+
+def test_bfloat16_onnx_engine_is_refused_at_build(checkpoints, tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"dtype='bfloat16' for provider 'onnx' .*pass --dtype float32"
+    ):
+        build_engine(checkpoints["qwen3"], tmp_path, "onnx", dtype="bfloat16")
+
+
+def test_unloadable_onnx_file_names_the_file(copy):
+    (copy / "model.onnx").write_bytes(b"not an onnx model")
+    with pytest.raises(EngineError, match=r"model.onnx: onnxruntime cannot load this engine"):
+        load_onnxruntime_engine(copy)
