@@ -11,6 +11,7 @@ still holds), and, in the Python loop only, a caller's ``should_stop`` (stop str
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -69,7 +70,27 @@ def sample_step(
     return sample(config, params, logits, keys)
 
 
-_sample_jit = jax.jit(sample_step, static_argnums=0)
+def _sample_packed(config, params, logits, key, row_ids, step) -> tuple[jax.Array, jax.Array]:
+    """``sample_step`` plus everything the host reads, packed into ONE int32 array.
+
+    Returns ``(tokens [B], packed [B, 2 + 2K])``; packed columns: token, token logprob (f32
+    bits), K top ids, K top logprobs (f32 bits). One device-to-host copy per step.
+    """
+    out = sample_step(config, params, logits, key, row_ids, step)
+    bits = functools.partial(jax.lax.bitcast_convert_type, new_dtype=jnp.int32)
+    packed = jnp.concatenate(
+        [
+            out.tokens[:, None],
+            bits(out.token_logprobs)[:, None],
+            out.top_ids,
+            bits(out.top_logprobs),
+        ],
+        axis=1,
+    )
+    return out.tokens, packed
+
+
+_sample_packed_jit = jax.jit(_sample_packed, static_argnums=0)
 
 
 def _is_eos(tokens: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
@@ -229,13 +250,18 @@ def decode_python(
     for t in range(max_new_tokens):
         if active.size == 0:
             break
-        out = _sample_jit(config, params, state.io.logits, key, jnp.asarray(active, jnp.int32), t)
-        out = jax.device_get(out)
+        rows = jnp.asarray(active, jnp.int32)
+        next_tokens, packed = _sample_packed_jit(config, params, state.io.logits, key, rows, t)
+        host = np.asarray(packed)  # the step's one device-to-host copy
+        step_tokens = host[:, 0]
+        step_logprobs = host[:, 1].view(np.float32)
+        step_top_ids = host[:, 2 : 2 + k]
+        step_top_lp = host[:, 2 + k :].view(np.float32)
         keep = []
         for i, row in enumerate(active):
-            tok = int(out.tokens[i])
-            tokens[row, t], logprobs[row, t] = tok, out.token_logprobs[i]
-            top_ids[row, t], top_lp[row, t] = out.top_ids[i], out.top_logprobs[i]
+            tok = int(step_tokens[i])
+            tokens[row, t], logprobs[row, t] = tok, step_logprobs[i]
+            top_ids[row, t], top_lp[row, t] = step_top_ids[i], step_top_lp[i]
             count[row] += 1
             hit_eos[row] = tok in eos
             if on_token is not None:
@@ -245,7 +271,6 @@ def decode_python(
                 stop = should_stop(int(row), tok)
             if not stop:
                 keep.append(i)
-        next_tokens = out.tokens
         if len(keep) < active.size:
             if not keep:
                 break
@@ -253,7 +278,8 @@ def decode_python(
             state = _compact(state, jnp.asarray(idx, jnp.int32))
             params = jax.tree_util.tree_map(lambda x, idx=idx: x[idx], params)
             active, next_tokens = active[idx], next_tokens[idx]
-        state = steps.decode(engine, state, steps.embed(engine, next_tokens[:, None]))
+        # _check_limits proved every live row fits the cache: skip decode()'s per-step host check.
+        state = steps._decode_jit(engine, state, steps.embed(engine, next_tokens[:, None]))
     result = DecodeResult(
         tokens=tokens,
         logprobs=logprobs,
