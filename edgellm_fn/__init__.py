@@ -10,6 +10,7 @@ from .engine.loading import load_engine as load_engine
 from .engine.protocol import Engine as Engine
 from .engine.spec import EngineSpec as EngineSpec
 from .engine.spec import build_llm_spec as build_llm_spec
+from .engine.tensor_map import build_tensor_map as build_tensor_map
 from .engine.xla import XlaEngine as XlaEngine
 from .errors import CheckpointError as CheckpointError
 from .errors import ConfigError as ConfigError
@@ -28,12 +29,11 @@ from .runtime.sampling import sample as sample
 from .runtime.steps import decode as decode
 from .runtime.steps import embed as embed
 from .runtime.steps import prefill as prefill
-from .runtime.tokenizer import Tokenizer as Tokenizer
 from .state.kv import KVCache as KVCache
 from .state.resources import RuntimeState as RuntimeState
 from .state.resources import SharedResources as SharedResources
 from .state.resources import create_state as create_state
-from .tensor_map import build_tensor_map as build_tensor_map
+from .text.tokenizer import Tokenizer as Tokenizer
 
 __all__ = [
     "CheckpointError",

@@ -33,8 +33,8 @@ def _engine(args):
 
 def cmd_generate(args) -> int:
     from .runtime.generate import generate
-    from .runtime.requests import Request, RequestBatch, load_requests, responses_json
-    from .runtime.tokenizer import Tokenizer
+    from .text.requests import Request, RequestBatch, load_requests, responses_json
+    from .text.tokenizer import Tokenizer
 
     if (args.prompt is None) == (args.input_file is None):
         raise InputError("generate: pass exactly one of --prompt TEXT or --input-file REQ.json")
@@ -121,7 +121,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_bench
+    from .bench.command import run_bench
 
     return run_bench(args)
 
@@ -129,7 +129,7 @@ def cmd_bench(args) -> int:
 def cmd_build(args) -> int:
     from rich.progress import Progress
 
-    from .engine.build import build_engine
+    from .engine.callback.build import build_engine
 
     with Progress(transient=True) as bar:
         task = bar.add_task("build", total=1.0)
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser(
         "bench", help="decode/prefill vs measured roofline, with peers (see BENCHMARKS.md)"
     )
-    from .bench import add_bench_arguments
+    from .bench.command import add_bench_arguments
 
     add_bench_arguments(b)
     b.set_defaults(fn=cmd_bench)

@@ -13,8 +13,8 @@ from rich.text import Text
 from .engine.loading import load_engine
 from .runtime import steps
 from .runtime.generate import generate
-from .runtime.tokenizer import Tokenizer
 from .state.resources import create_state
+from .text.tokenizer import Tokenizer
 
 PROMPTS = [
     "class Point:\n    def __init__(self, x, y):\n        self.x = x\n",
@@ -24,10 +24,23 @@ PROMPTS = [
 ]
 
 
+def demo_model_dir() -> Path:
+    """The Hugging Face checkpoint directory of the embedded demo model.
+
+    Raises:
+      FileNotFoundError: the package was installed without its data files.
+    """
+    path = Path(__file__).resolve().parent / "assets" / "demo_model"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{path}: demo model missing (expected config.json there); the package data were not "
+            "installed, or run examples/train_demo_model.py --out <dir> to train one"
+        )
+    return path
+
+
 def run_demo(model: str | None = None, max_new_tokens: int = 64) -> int:
     """Loads the demo model, shows fixed buffer addresses, and completes a few prompts."""
-    from .demo_model import demo_model_dir
-
     console = Console(highlight=False)
     path = Path(model) if model else demo_model_dir()
     with console.status(f"loading {path.name} and compiling steps..."):

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import edgellm_fn as ef
-from edgellm_fn.demo_model import demo_model_dir
+from edgellm_fn.demo import demo_model_dir
 
 
 def main() -> None:

@@ -70,9 +70,9 @@ def _load_engine_dir(path: Path, provider: str | None) -> Engine:
     if provider is None:
         provider = "tensorrt" if any(path.glob("*.engine")) else "onnxruntime"
     if provider == "onnxruntime":
-        from .onnxruntime import load_onnxruntime_engine
+        from .callback.onnxruntime import load_onnxruntime_engine
 
         return load_onnxruntime_engine(path)
-    from .tensorrt import load_tensorrt_engine
+    from .callback.tensorrt import load_tensorrt_engine
 
     return load_tensorrt_engine(path)

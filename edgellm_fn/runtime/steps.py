@@ -21,9 +21,9 @@ import numpy as np
 
 from ..dims import decode_dims, prefill_dims
 from ..engine.protocol import Engine
+from ..engine.tensor_map import build_tensor_map
 from ..errors import InputError
 from ..state.resources import RuntimeState
-from ..tensor_map import build_tensor_map
 
 _JNP = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 

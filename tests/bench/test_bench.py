@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 
 from edgellm_fn import cli
-from edgellm_fn.bench_presets import PRESETS, get_preset, param_shapes, random_params
-from edgellm_fn.bench_report import REQUIRED, plot, table
-from edgellm_fn.bench_report import main as report_main
-from edgellm_fn.bench_roofline import (
+from edgellm_fn.bench.ceilings import (
     kv_bytes,
     prefill_flops,
     rooflines,
     weight_bytes_per_decode_step,
 )
-from edgellm_fn.bench_run import (
+from edgellm_fn.bench.presets import PRESETS, get_preset, param_shapes, random_params
+from edgellm_fn.bench.report import REQUIRED, plot, table
+from edgellm_fn.bench.report import main as report_main
+from edgellm_fn.bench.run import (
     CompileTimeout,
     RunSpec,
     build_engine,
@@ -30,7 +30,7 @@ from edgellm_fn.bench_run import (
     run_matrix,
     time_limit,
 )
-from edgellm_fn.bench_systems import NaiveRunner, XlaRunner
+from edgellm_fn.bench.systems import NaiveRunner, XlaRunner
 from edgellm_fn.errors import InputError
 
 TINY = get_preset("tiny")
@@ -182,7 +182,7 @@ def small_engine(family: str):
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
 def test_peers_produce_edgellm_greedy_tokens(family):
-    from edgellm_fn.bench_hf import HfEagerRunner, build_hf_model
+    from edgellm_fn.bench.hf import HfEagerRunner, build_hf_model
 
     preset, engine = small_engine(family)
     ids = np.random.default_rng(3).integers(0, 512, (2, 12), dtype=np.int32)
@@ -318,7 +318,7 @@ def test_report_merges_files_and_shows_failed_rows(rows, tmp_path, capsys):
 
 @pytest.mark.gpu
 def test_gpu_peers_and_compiled_hf_produce_edgellm_tokens():
-    from edgellm_fn.bench_hf import HfCompileRunner, HfEagerRunner, build_hf_model
+    from edgellm_fn.bench.hf import HfCompileRunner, HfEagerRunner, build_hf_model
 
     preset, engine = small_engine("qwen3")
     ids = np.random.default_rng(3).integers(0, 512, (2, 12), dtype=np.int32)

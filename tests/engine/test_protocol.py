@@ -9,9 +9,9 @@ import re
 
 import pytest
 
-from edgellm_fn.engine.onnxruntime import OnnxRuntimeEngine
+from edgellm_fn.engine.callback.onnxruntime import OnnxRuntimeEngine
+from edgellm_fn.engine.callback.tensorrt import TensorRtEngine
 from edgellm_fn.engine.protocol import Engine
-from edgellm_fn.engine.tensorrt import TensorRtEngine
 from edgellm_fn.engine.xla import XlaEngine
 
 PROVIDERS = [XlaEngine, OnnxRuntimeEngine, TensorRtEngine]
@@ -33,7 +33,13 @@ def test_signatures_match_the_protocol(cls):
 
 def test_executors_name_no_model_family_or_feature():
     engine_dir = pathlib.Path(__file__).parents[2] / "edgellm_fn" / "engine"
-    executors = ["callback.py", "onnxruntime.py", "tensorrt.py", "trt_adapter.py", "snapshot.py"]
+    executors = [
+        "callback/glue.py",
+        "callback/onnxruntime.py",
+        "callback/tensorrt.py",
+        "callback/trt_adapter.py",
+        "snapshot.py",
+    ]
     pattern = re.compile(r"llama|qwen|gemma|lora|eagle|spec_decode", re.IGNORECASE)
     for name in executors:
         hits = pattern.findall((engine_dir / name).read_text())

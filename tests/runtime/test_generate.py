@@ -11,7 +11,7 @@ import torch
 from edgellm_fn import cli
 from edgellm_fn.engine.loading import load_engine
 from edgellm_fn.runtime.generate import generate
-from edgellm_fn.runtime.tokenizer import Tokenizer
+from edgellm_fn.text.tokenizer import Tokenizer
 
 PROMPTS = ["def add(a, b):", "x = [1, 2, 3]\nfor i in x:\n    print(i)", "#"]
 

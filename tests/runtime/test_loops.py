@@ -10,7 +10,7 @@ import edgellm_fn as ef
 from edgellm_fn.runtime import loops
 from edgellm_fn.runtime.sampling import make_sampling_params
 
-from ..core.helpers import make_engine, pad
+from ..helpers import make_engine, pad
 
 
 def _prefilled(engine, prompts):

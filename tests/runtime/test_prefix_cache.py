@@ -16,7 +16,7 @@ from edgellm_fn.runtime.prefix_cache import (
 )
 from edgellm_fn.runtime.sampling import make_sampling_params
 
-from ..core.helpers import make_engine, pad
+from ..helpers import make_engine, pad
 
 SYSTEM = [11, 12, 13, 14, 15, 16, 17, 18, 19, 20]
 

@@ -1,0 +1,130 @@
+"""Device limits measured in the run (copy bandwidth, bf16 matmul rate) and the rooflines.
+
+Decode is memory-bound: one step must read every weight once plus each row's valid KV::
+
+    decode_roofline_s  = (weight_bytes + kv_bytes) / copy_bandwidth
+    weight_bytes       = itemsize * (L * per_layer + H (final norm) + H*V (lm_head, the
+                         embedding when tied) + B*H (embedding rows of this step's tokens))
+    kv_bytes           = kv_itemsize * 2 (k, v) * L * B * Hkv * D * context
+
+Prefill is compute-bound for long prompts::
+
+    prefill_flops      = 2 * L * matmul_params * B*S + 2 * H*V * B (last-token logits)
+                         + L * 4 * B * Hq * D * S*(S+1)/2 (causal QK^T and PV)
+    prefill_roofline_s = prefill_flops / matmul_rate
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from ..config import ModelConfig
+
+_ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+# (copy bytes, matmul n) by platform; the CPU sizes keep the smoke run short.
+LIMIT_SIZES = {"gpu": (1 << 30, 8192), "cpu": (64 << 20, 512)}
+
+
+def layer_params(cfg: ModelConfig) -> tuple[int, int]:
+    """Returns ``(matmul_params, other_params)`` of one decoder layer."""
+    h, f, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    qkv = cfg.q_size + 2 * cfg.kv_size
+    matmul = h * qkv + cfg.q_size * h + h * 2 * f + f * h
+    other = 2 * h  # attn_norm, mlp_norm
+    other += qkv if cfg.qkv_bias else 0
+    other += h if cfg.o_bias else 0
+    other += 2 * d if cfg.qk_norm else 0
+    other += 2 * f + h if cfg.mlp_bias else 0
+    return matmul, other
+
+
+def weight_bytes_per_decode_step(cfg: ModelConfig, batch: int, dtype: str) -> int:
+    """Bytes of weights one decode step of ``batch`` rows must read (module docstring)."""
+    matmul, other = layer_params(cfg)
+    h, v = cfg.hidden_size, cfg.vocab_size
+    return _ITEMSIZE[dtype] * (cfg.num_hidden_layers * (matmul + other) + h + h * v + batch * h)
+
+
+def kv_bytes(cfg: ModelConfig, batch: int, tokens: int, kv_dtype: str) -> int:
+    """Bytes of K and V of ``tokens`` valid positions in every layer and row."""
+    per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim
+    return _ITEMSIZE[kv_dtype] * per_token * batch * tokens
+
+
+def prefill_flops(cfg: ModelConfig, batch: int, tokens: int) -> float:
+    """FLOPs of a prefill of ``tokens`` per row with logits for the last token only."""
+    matmul, _ = layer_params(cfg)
+    dense = 2.0 * cfg.num_hidden_layers * matmul * batch * tokens
+    head = 2.0 * cfg.hidden_size * cfg.vocab_size * batch
+    per_head = 4.0 * cfg.head_dim * tokens * (tokens + 1) / 2
+    attn = cfg.num_hidden_layers * batch * cfg.num_attention_heads * per_head
+    return dense + head + attn
+
+
+def _median_seconds(fn, args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))  # compile + warm
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure_copy_bandwidth(nbytes: int, repeats: int = 10) -> float:
+    """Device-to-device copy bandwidth in bytes/s: a jitted ``jnp.copy`` of ``nbytes``
+    (bytes read + bytes written over the median time).
+
+    Raises:
+      RuntimeError: the copy returned the input buffer (nothing was copied).
+    """
+    x = jnp.arange(nbytes // 2, dtype=jnp.uint16)
+    copy = jax.jit(jnp.copy)
+    y = copy(x)
+    if y.unsafe_buffer_pointer() == x.unsafe_buffer_pointer():
+        raise RuntimeError("measure_copy_bandwidth: jnp.copy returned its input; nothing copied")
+    del y
+    return 2 * x.nbytes / _median_seconds(copy, (x,), repeats)
+
+
+def measure_matmul_rate(n: int, repeats: int = 10) -> float:
+    """bf16 ``[n, n] @ [n, n]`` rate in FLOP/s (``2 n^3`` over the median time)."""
+    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+    a = jax.random.normal(k1, (n, n), jnp.bfloat16)
+    b = jax.random.normal(k2, (n, n), jnp.bfloat16)
+    return 2.0 * n**3 / _median_seconds(jax.jit(jnp.matmul), (a, b), repeats)
+
+
+def measure_limits(copy_bytes: int | None = None, matmul_n: int | None = None) -> dict:
+    """Both limits on the default device; sizes default by platform (``LIMIT_SIZES``)."""
+    platform = jax.devices()[0].platform
+    default_bytes, default_n = LIMIT_SIZES.get(platform, LIMIT_SIZES["gpu"])
+    copy_bytes = copy_bytes or default_bytes
+    matmul_n = matmul_n or default_n
+    return {
+        "copy_bytes": copy_bytes,
+        "copy_gbps": measure_copy_bandwidth(copy_bytes) / 1e9,
+        "matmul_n": matmul_n,
+        "matmul_tflops": measure_matmul_rate(matmul_n) / 1e12,
+    }
+
+
+def rooflines(
+    cfg: ModelConfig, *, batch: int, context: int, dtype: str, kv_dtype: str, limits: dict
+) -> dict:
+    """Decode and prefill rooflines (ms) of one row from the measured ``limits``."""
+    w = weight_bytes_per_decode_step(cfg, batch, dtype)
+    kv = kv_bytes(cfg, batch, context, kv_dtype)
+    flops = prefill_flops(cfg, batch, context)
+    return {
+        "weight_bytes": w,
+        "kv_bytes": kv,
+        "roofline_ms": (w + kv) / (limits["copy_gbps"] * 1e9) * 1e3,
+        "prefill_flops": flops,
+        "prefill_roofline_ms": flops / (limits["matmul_tflops"] * 1e12) * 1e3,
+    }

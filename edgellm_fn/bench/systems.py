@@ -1,0 +1,120 @@
+"""The JAX systems of the benchmark: edgellm_fn's xla provider and the naive JAX baseline.
+
+Every system is a ``Runner``: ``start`` prefills a prompt and returns each row's greedy next
+token; ``step`` feeds that token back and returns the next one. Tokens stay on the device; a
+step is timed up to ``sync`` of its returned token (every output of one XLA executable becomes
+ready together). All systems do the same work per step: embedding, the network, the final
+norm, lm_head and the argmax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..engine.protocol import Engine
+from ..runtime import steps
+from ..state.resources import RuntimeState, create_state
+from . import naive_jax
+
+
+class Runner(Protocol):
+    """One system under test, for one batch size."""
+
+    system: str
+
+    def start(self, ids: np.ndarray) -> Any:
+        """Prefills ``ids`` ``[B, S]`` into a fresh cache; returns the greedy next tokens."""
+
+    def step(self, token: Any) -> Any:
+        """Decodes one token per row; returns the greedy next tokens."""
+
+    def sync(self, token: Any) -> None:
+        """Blocks until ``token`` (and everything its step computed) is ready."""
+
+    def numpy(self, token: Any) -> np.ndarray:
+        """``[B]`` int host copy of ``token``."""
+
+
+class JaxRunner:
+    """``sync``/``numpy`` shared by the JAX systems."""
+
+    def sync(self, token: jax.Array) -> None:
+        jax.block_until_ready(token)
+
+    def numpy(self, token: jax.Array) -> np.ndarray:
+        return np.asarray(token).reshape(-1)
+
+
+def _greedy_decode_step(
+    engine: Engine, state: RuntimeState, token: jax.Array
+) -> tuple[RuntimeState, jax.Array]:
+    x = jnp.take(engine.embedding, token[:, None], axis=0)
+    state = steps.decode_step(engine, state, x)
+    return state, jnp.argmax(state.io.logits, -1).astype(jnp.int32)
+
+
+# The Python decode loop's unit of work in one executable: embed + decode_step (the body that
+# decode_while runs) + argmax, state donated. Static: the engine's config (pytree structure);
+# dynamic: params, state, token.
+_greedy_decode_jit = jax.jit(_greedy_decode_step, donate_argnames=("state",), keep_unused=True)
+_argmax = jax.jit(lambda logits: jnp.argmax(logits, -1).astype(jnp.int32))
+
+
+@dataclasses.dataclass
+class XlaRunner(JaxRunner):
+    """edgellm_fn: the public ``prefill``, then the jitted ``decode_step`` body per token."""
+
+    engine: Engine
+    batch: int
+    system: str = "edgellm_fn/xla"
+    state: RuntimeState | None = None
+
+    def start(self, ids: np.ndarray) -> jax.Array:
+        self.state = None  # free the old cache before allocating the new one
+        state = create_state(self.engine.config, self.batch)
+        lengths = np.full(ids.shape[0], ids.shape[1])
+        self.state = steps.prefill(self.engine, state, steps.embed(self.engine, ids), lengths)
+        return _argmax(self.state.io.logits)
+
+    def step(self, token: jax.Array) -> jax.Array:
+        self.state, token = _greedy_decode_jit(self.engine, self.state, token)
+        return token
+
+
+@dataclasses.dataclass
+class NaiveRunner(JaxRunner):
+    """The plain jitted JAX step of ``bench/naive_jax.py`` on the same weights."""
+
+    engine: Engine
+    batch: int
+    system: str = "naive-jax"
+    cache: list | None = None
+    pos: jax.Array | None = None
+
+    def __post_init__(self) -> None:
+        self._nj = naive_jax
+        cfg = self.engine.config
+        self.params = self._nj.split_params(cfg.model, self.engine.params)
+        self.rope = self._nj.rope_table(cfg.model, cfg.kv_capacity)
+
+    def start(self, ids: np.ndarray) -> jax.Array:
+        cfg = self.engine.config
+        self.cache = None
+        cache = self._nj.init_cache(cfg.model, self.batch, cfg.kv_capacity, cfg.kv_dtype)
+        token, self.cache = self._nj.prefill(
+            cfg.model, self.params, cache, jnp.asarray(ids, jnp.int32), self.rope
+        )
+        self.pos = jnp.int32(ids.shape[1])
+        return token
+
+    def step(self, token: jax.Array) -> jax.Array:
+        m = self.engine.config.model
+        token, self.cache, self.pos = self._nj.decode(
+            m, self.params, self.cache, token, self.pos, self.rope
+        )
+        return token

@@ -1,0 +1,102 @@
+"""``build_engine``: checkpoint directory → engine directory (what ``edgellm-fn build`` calls).
+
+Providers: ``onnx`` (``model.onnx`` [+ ``model.onnx.data``], run by the ``onnxruntime``
+provider), ``tensorrt`` and ``tensorrt-rtx`` (``model.engine`` built from the same ONNX by NVIDIA
+TensorRT or TensorRT-RTX, run by the ``tensorrt`` provider).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ...config import EngineConfig
+from ...errors import ConfigError
+from ...models.loader import load_checkpoint
+from ...models.onnx.export import export_onnx
+from ..spec import build_llm_spec
+from .engine_dir import ENGINE_FILES, write_engine_dir
+
+PROVIDERS = ("onnx", "tensorrt", "tensorrt-rtx")
+#: ``progress(stage, fraction)``: stage is a short text, fraction in ``[0, 1]``.
+Progress = Callable[[str, float], None]
+
+
+def build_engine(
+    ckpt_dir: str | Path,
+    out_dir: str | Path,
+    provider: str,
+    max_batch: int = 4,
+    max_input_len: int = 128,
+    kv_capacity: int = 256,
+    *,
+    dtype: str | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Builds an engine directory from a Hugging Face checkpoint directory.
+
+    Args:
+      ckpt_dir: checkpoint (``config.json``, ``*.safetensors``, tokenizer files).
+      out_dir: engine directory to write (created; existing files are overwritten).
+      provider: one of ``PROVIDERS``.
+      max_batch, max_input_len, kv_capacity: built limits (``builder_config``).
+      dtype: activation/weight dtype; defaults to the checkpoint's.
+      progress: called with ``(stage, fraction)`` as the build advances.
+
+    Returns:
+      ``out_dir``.
+
+    Raises:
+      ConfigError: unknown provider, invalid limits, or a model the export cannot express.
+      EngineError: the TensorRT package is missing or refuses to build.
+    """
+    if provider not in PROVIDERS:
+        raise ConfigError(f"build: provider={provider!r} (expected one of {PROVIDERS})")
+    report = progress or (lambda stage, fraction: None)
+    ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
+    report("loading checkpoint", 0.0)
+    model, params = load_checkpoint(ckpt_dir, dtype)
+    cfg = EngineConfig.create(
+        model,
+        max_batch_size=max_batch,
+        max_input_len=max_input_len,
+        kv_capacity=kv_capacity,
+        dtype=dtype,
+    )
+    kind = "onnx" if provider == "onnx" else "tensorrt"
+    if kind == "onnx" and cfg.dtype == "bfloat16":
+        raise ConfigError(
+            "build: dtype='bfloat16' for provider 'onnx' (expected float32 or float16); "
+            "onnxruntime's CPU kernels have no bfloat16 MatMul, pass --dtype float32"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if kind == "onnx":
+        import onnx
+
+        report("exporting ONNX", 0.2)
+        export_onnx(cfg, params, out_dir)
+        builder = f"onnx {onnx.__version__}"
+    else:
+        from .trt_adapter import build_serialized, load_module
+
+        module = load_module(provider)
+        with tempfile.TemporaryDirectory(prefix="edgellm_onnx_") as tmp:
+            report("exporting ONNX", 0.2)
+            onnx_path = export_onnx(cfg, params, tmp)
+            report(f"building {module.__name__} engine", 0.4)
+            built = build_serialized(
+                module,
+                onnx_path,
+                build_llm_spec(cfg),
+                cfg,
+                progress=lambda f: report(f"building {module.__name__} engine", 0.4 + 0.5 * f),
+            )
+        (out_dir / ENGINE_FILES[kind]).write_bytes(built.blob)
+        builder = f"{module.__name__} {module.__version__}"
+    report("writing engine directory", 0.9)
+    write_engine_dir(out_dir, ckpt_dir, cfg, kind, np.asarray(params["embed"]), builder)
+    report("done", 1.0)
+    return out_dir

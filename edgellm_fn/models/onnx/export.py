@@ -1,0 +1,119 @@
+"""ONNX export of a loaded model with exactly the engine contract (``build_llm_spec``).
+
+Batch, sequence, start-index and select lengths are dynamic (named dims); the KV capacity and the
+RoPE batch are static. Only standard opset-24 ops are used (``Attention``, ``TensorScatter``,
+``RotaryEmbedding``, ``RMSNormalization``), so onnxruntime runs the file and TensorRT's ONNX parser
+maps it onto its native attention, rotary and KV-cache-update layers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from onnx import helper
+
+from ...config import EngineConfig
+from ...engine.spec import EngineSpec, TensorSpec, build_llm_spec
+from ...errors import ConfigError
+from ..llama import Params
+from .graph import ONNX_DTYPE, OPSET, GraphBuilder, decoder_graph
+
+#: onnxruntime reads models up to this IR version.
+IR_VERSION = 11
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+#: Initializers above this many bytes go to ``DATA_FILE``.
+EXTERNAL_THRESHOLD = 1024
+
+_DIM_NAMES = {
+    ("batch",): "batch",
+    ("seq_len",): "seq_len",
+    ("select_len",): "select_len",
+    ("start_index_len",): "start_index_len",
+    ("batch", "select_len"): "logits_rows",
+}
+
+
+def _static_dims(cfg: EngineConfig) -> dict[tuple[str, ...], int]:
+    return {("kv_len",): cfg.kv_capacity, ("rope_batch",): 1}
+
+
+def value_info(b: TensorSpec, cfg: EngineConfig) -> onnx.ValueInfoProto:
+    """The graph input/output declaration of binding ``b`` (named or static dims)."""
+    static = _static_dims(cfg)
+    shape: list[int | str] = []
+    for d in b.shape:
+        if isinstance(d, int):
+            shape.append(d)
+        elif d in static:
+            shape.append(static[d])
+        else:
+            shape.append(_DIM_NAMES[d])
+    return helper.make_tensor_value_info(b.name, ONNX_DTYPE[b.dtype], shape)
+
+
+def check_exportable(cfg: EngineConfig) -> None:
+    """Raises ``ConfigError`` for configs the ONNX graph cannot express."""
+    rot = cfg.model.rope.rotary_dim
+    if rot % 2 or rot > cfg.model.head_dim:
+        raise ConfigError(
+            f"onnx export: rope rotary_dim={rot} (expected an even number <= head_dim="
+            f"{cfg.model.head_dim})"
+        )
+
+
+def build_model(
+    cfg: EngineConfig, params: Params, spec: EngineSpec | None = None
+) -> onnx.ModelProto:
+    """The in-memory ONNX model of ``params`` with the I/O of ``spec`` (default: the contract)."""
+    check_exportable(cfg)
+    spec = spec or build_llm_spec(cfg)
+    g = GraphBuilder()
+    decoder_graph(g, cfg, params)
+    graph = helper.make_graph(
+        g.nodes,
+        "edgellm_fn_decoder",
+        [value_info(b, cfg) for b in spec.inputs()],
+        [value_info(b, cfg) for b in spec.outputs()],
+        initializer=g.initializers,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="edgellm_fn",
+        ir_version=IR_VERSION,
+    )
+    model.doc_string = f"edgellm_fn {cfg.model.architecture} decoder, engine contract v1"
+    return model
+
+
+def export_onnx(cfg: EngineConfig, params: Params, out_dir: str | Path) -> Path:
+    """Writes ``model.onnx`` (+ ``model.onnx.data`` for large weights) into ``out_dir``.
+
+    Args:
+      cfg: engine config (model dims, KV capacity, dtypes).
+      params: params pytree of ``models/llama.py``.
+      out_dir: directory to write into (created if missing).
+
+    Returns:
+      The path of ``model.onnx``.
+
+    Raises:
+      ConfigError: the model uses something the ONNX graph cannot express.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = build_model(cfg, params)
+    onnx.checker.check_model(model, full_check=False)
+    path = out_dir / MODEL_FILE
+    (out_dir / DATA_FILE).unlink(missing_ok=True)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=DATA_FILE,
+        size_threshold=EXTERNAL_THRESHOLD,
+    )
+    return path

@@ -1,0 +1,212 @@
+"""A small ONNX graph builder and the Llama-family decoder written with standard opset-24 ops.
+
+The graph implements the engine contract (``engine/spec.py``) with the same numerics as
+``models/llama.py``. Per layer, the KV write and attention are::
+
+    k_new ─ RotaryEmbedding ─┐
+    past_key_i ──────────────┴─ TensorScatter(axis=2, write_indices=start) ─► present_key_i
+                                                       │ (whole slab [B, Hkv, C, D])
+    q ─ RotaryEmbedding ─────────────── Attention(q, present_k, present_v, mask) ─► y
+
+    mask[b, 0, s, c] = c < context_lengths[b]  and  c <= start[b] + s  (and c > pos - window)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ...config import EngineConfig
+from ..llama import Params
+
+OPSET = 24
+ONNX_DTYPE = {
+    "float32": TensorProto.FLOAT,
+    "float16": TensorProto.FLOAT16,
+    "bfloat16": TensorProto.BFLOAT16,
+    "int32": TensorProto.INT32,
+    "int64": TensorProto.INT64,
+    "bool": TensorProto.BOOL,
+}
+
+
+class GraphBuilder:
+    """Collects nodes and initializers; ``op`` returns the output name(s) of the new node."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._count = 0
+
+    def _name(self, hint: str) -> str:
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    def op(
+        self, op_type: str, inputs: Sequence[str], *, outputs: int | Sequence[str] = 1, **attrs
+    ) -> str | list[str]:
+        names = (
+            [self._name(op_type.lower()) for _ in range(outputs)]
+            if isinstance(outputs, int)
+            else list(outputs)
+        )
+        self.nodes.append(
+            helper.make_node(op_type, list(inputs), names, name=self._name(op_type), **attrs)
+        )
+        return names[0] if len(names) == 1 else names
+
+    def const(self, value: np.ndarray, hint: str = "const") -> str:
+        name = self._name(hint)
+        self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def weight(self, value, name: str, dtype: str) -> str:
+        arr = np.asarray(value)
+        if dtype == "bfloat16":
+            import ml_dtypes
+
+            arr = arr.astype(ml_dtypes.bfloat16)
+        else:
+            arr = arr.astype(dtype)
+        self.initializers.append(numpy_helper.from_array(arr, name))
+        return name
+
+    def i64(self, *values: int) -> str:
+        return self.const(np.asarray(values, np.int64), "i64")
+
+
+def _rms(g: GraphBuilder, x: str, scale: str, eps: float) -> str:
+    return g.op("RMSNormalization", [x, scale], axis=-1, epsilon=eps, stash_type=1)
+
+
+def _linear(g: GraphBuilder, x: str, w: str, b: str | None) -> str:
+    y = g.op("MatMul", [x, w])
+    return g.op("Add", [y, b]) if b else y
+
+
+def _activation(g: GraphBuilder, x: str, act: str) -> str:
+    if act == "silu":
+        return g.op("Mul", [x, g.op("Sigmoid", [x])])
+    if act == "relu":
+        return g.op("Relu", [x])
+    return g.op("Gelu", [x], approximate="none" if act == "gelu" else "tanh")
+
+
+def _step_inputs(g: GraphBuilder, cfg: EngineConfig) -> dict[str, str]:
+    """Positions, write indices, masks and rope caches shared by every layer."""
+    cap, dtype = cfg.kv_capacity, cfg.dtype
+    batch_shape = g.op("Shape", ["context_lengths"])
+    zeros = g.op(
+        "ConstantOfShape", [batch_shape], value=helper.make_tensor("z", TensorProto.INT32, [1], [0])
+    )
+    # kvcache_start_index is [0] for a fresh prefill: take the first B of (start ++ zeros).
+    both = g.op("Concat", ["kvcache_start_index", zeros], axis=0)
+    start = g.op("Slice", [both, g.i64(0), batch_shape])
+    seq = g.op("Gather", [g.op("Shape", ["inputs_embeds"]), g.i64(1)], axis=0)
+    steps = g.op(
+        "Range",
+        [g.const(np.int32(0)), g.op("Cast", [seq], to=TensorProto.INT32), g.const(np.int32(1))],
+    )
+    pos = g.op("Add", [g.op("Unsqueeze", [start, g.i64(1)]), g.op("Unsqueeze", [steps, g.i64(0)])])
+    rope_pos = g.op("Cast", [g.op("Min", [pos, g.const(np.int32(cap - 1))])], to=TensorProto.INT64)
+    slot = g.const(np.arange(cap, dtype=np.int32).reshape(1, 1, 1, cap), "slot")
+    pos4 = g.op("Unsqueeze", [pos, g.i64(1, 3)])  # [B, 1, S, 1]
+    ctx4 = g.op("Unsqueeze", ["context_lengths", g.i64(1, 2, 3)])  # [B, 1, 1, 1]
+    base = g.op("And", [g.op("Less", [slot, ctx4]), g.op("LessOrEqual", [slot, pos4])])
+    masks = {0: base}
+    for w in sorted(set(cfg.model.sliding_windows) - {0}):
+        lo = g.op("Sub", [pos4, g.const(np.int32(w))])
+        masks[w] = g.op("And", [base, g.op("Greater", [slot, lo])])
+    half = cfg.model.rope.rotary_dim // 2
+    table = g.op("Squeeze", ["rope_rotary_cos_sin", g.i64(0)])  # [C, rot]
+    cos = g.op("Slice", [table, g.i64(0), g.i64(half), g.i64(1)])
+    sin = g.op("Slice", [table, g.i64(half), g.i64(2 * half), g.i64(1)])
+    if dtype != "float32":
+        cos = g.op("Cast", [cos], to=ONNX_DTYPE[dtype])
+        sin = g.op("Cast", [sin], to=ONNX_DTYPE[dtype])
+    write = g.op("Cast", [start], to=TensorProto.INT64)
+    return {
+        "rope_pos": rope_pos,
+        "cos": cos,
+        "sin": sin,
+        "write": write,
+        **{f"mask{w}": m for w, m in masks.items()},
+    }
+
+
+def _heads(g: GraphBuilder, x: str, heads: int, head_dim: int) -> str:
+    """``[B, S, heads*D]`` → ``[B, S, heads, D]``."""
+    return g.op("Reshape", [x, g.i64(0, 0, heads, head_dim)])
+
+
+def _layer(
+    g: GraphBuilder, cfg: EngineConfig, i: int, lp: Params, x: str, s: dict[str, str]
+) -> str:
+    m, dt = cfg.model, cfg.dtype
+    p = f"layers.{i}."
+
+    def w(key: str) -> str | None:
+        return g.weight(lp[key], p + key, dt) if key in lp else None
+
+    h = _rms(g, x, w("attn_norm"), m.rms_norm_eps)
+    qkv = _linear(g, h, w("wqkv"), w("bqkv"))
+    q, k, v = g.op("Split", [qkv, g.i64(m.q_size, m.kv_size, m.kv_size)], outputs=3, axis=-1)
+    q = _heads(g, q, m.num_attention_heads, m.head_dim)
+    k = _heads(g, k, m.num_key_value_heads, m.head_dim)
+    v = _heads(g, v, m.num_key_value_heads, m.head_dim)
+    if m.qk_norm:
+        q = _rms(g, q, w("q_norm"), m.rms_norm_eps)
+        k = _rms(g, k, w("k_norm"), m.rms_norm_eps)
+    q, k, v = (g.op("Transpose", [t], perm=[0, 2, 1, 3]) for t in (q, k, v))  # [B, heads, S, D]
+    rope = dict(rotary_embedding_dim=m.rope.rotary_dim, interleaved=0)
+    q = g.op("RotaryEmbedding", [q, s["cos"], s["sin"], s["rope_pos"]], **rope)
+    k = g.op("RotaryEmbedding", [k, s["cos"], s["sin"], s["rope_pos"]], **rope)
+    caches = []
+    for kind, new in (("key", k), ("value", v)):
+        if cfg.kv_dtype != dt:
+            new = g.op("Cast", [new], to=ONNX_DTYPE[cfg.kv_dtype])
+        out = g.op(
+            "TensorScatter",
+            [f"past_{kind}_{i}", new, s["write"]],
+            outputs=[f"present_{kind}_{i}"],
+            axis=2,
+            mode="linear",
+        )
+        caches.append(out if cfg.kv_dtype == dt else g.op("Cast", [out], to=ONNX_DTYPE[dt]))
+    mask = s[f"mask{m.sliding_windows[i]}"]
+    # No softmax_precision: TensorRT rejects it (its attention layer picks its own precision).
+    y = g.op("Attention", [q, caches[0], caches[1], mask])
+    y = g.op("Reshape", [g.op("Transpose", [y], perm=[0, 2, 1, 3]), g.i64(0, 0, m.q_size)])
+    x = g.op("Add", [x, _linear(g, y, w("wo"), w("bo"))])
+    h = _rms(g, x, w("mlp_norm"), m.rms_norm_eps)
+    gate, up = g.op(
+        "Split",
+        [
+            _linear(g, h, w("w_gate_up"), w("b_gate_up")),
+            g.i64(m.intermediate_size, m.intermediate_size),
+        ],
+        outputs=2,
+        axis=-1,
+    )
+    act = g.op("Mul", [_activation(g, gate, m.hidden_act), up])
+    return g.op("Add", [x, _linear(g, act, w("w_down"), w("b_down"))])
+
+
+def decoder_graph(g: GraphBuilder, cfg: EngineConfig, params: Params) -> None:
+    """Adds every node of the decoder; graph I/O names are the contract's binding names."""
+    m, dt = cfg.model, cfg.dtype
+    shared = _step_inputs(g, cfg)
+    x = "inputs_embeds"
+    for i, lp in enumerate(params["layers"]):
+        x = _layer(g, cfg, i, lp, x, shared)
+    idx = g.op("Unsqueeze", [g.op("Cast", ["last_token_ids"], to=TensorProto.INT64), g.i64(-1)])
+    picked = g.op("GatherND", [x, idx], batch_dims=1)  # [B, sel, H]
+    h = _rms(g, picked, g.weight(params["final_norm"], "final_norm", dt), m.rms_norm_eps)
+    head = params["lm_head"] if "lm_head" in params else np.asarray(params["embed"]).T
+    logits = g.op("MatMul", [h, g.weight(head, "lm_head", dt)])
+    if dt != "float32":
+        logits = g.op("Cast", [logits], to=TensorProto.FLOAT)
+    g.op("Reshape", [logits, g.i64(-1, m.vocab_size)], outputs=["logits"])
