@@ -238,11 +238,11 @@ def init_params(cfg, key) -> dict[str, Any]:
     layers = [
         {
             "attn_norm": jnp.ones((h,), jnp.float32),
-            "wqkv": normal((h, cfg.q_size + 2 * cfg.kv_size)),
-            "wo": normal((cfg.q_size, h), out_std),
+            "wqkv": normal((cfg.q_size + 2 * cfg.kv_size, h)),
+            "wo": normal((h, cfg.q_size), out_std),
             "mlp_norm": jnp.ones((h,), jnp.float32),
-            "w_gate_up": normal((h, 2 * f)),
-            "w_down": normal((f, h), out_std),
+            "w_gate_up": normal((2 * f, h)),
+            "w_down": normal((h, f), out_std),
         }
         for _ in range(n)
     ]

@@ -56,27 +56,27 @@ def state_dict_from_params(cfg: EngineConfig, params: dict, device: str) -> dict
         "model.norm.weight": t(params["final_norm"]),
     }
     sd["lm_head.weight"] = (
-        sd["model.embed_tokens.weight"] if m.tie_word_embeddings else t(params["lm_head"]).T
+        sd["model.embed_tokens.weight"] if m.tie_word_embeddings else t(params["lm_head"])
     )
     for i, lp in enumerate(params["layers"]):
         pre = f"model.layers.{i}."
         a, p = pre + "self_attn.", pre + "mlp."
         sd[pre + "input_layernorm.weight"] = t(lp["attn_norm"])
         sd[pre + "post_attention_layernorm.weight"] = t(lp["mlp_norm"])
-        for name, w in zip("qkv", split3(t(lp["wqkv"]).T), strict=True):
+        for name, w in zip("qkv", split3(t(lp["wqkv"])), strict=True):
             sd[a + f"{name}_proj.weight"] = w
         if "bqkv" in lp:
             for name, b in zip("qkv", split3(t(lp["bqkv"])), strict=True):
                 sd[a + f"{name}_proj.bias"] = b
-        sd[a + "o_proj.weight"] = t(lp["wo"]).T
+        sd[a + "o_proj.weight"] = t(lp["wo"])
         if "bo" in lp:
             sd[a + "o_proj.bias"] = t(lp["bo"])
         if "q_norm" in lp:
             sd[a + "q_norm.weight"] = t(lp["q_norm"])
             sd[a + "k_norm.weight"] = t(lp["k_norm"])
-        gate_up = t(lp["w_gate_up"]).T
+        gate_up = t(lp["w_gate_up"])
         sd[p + "gate_proj.weight"], sd[p + "up_proj.weight"] = gate_up[:f], gate_up[f:]
-        sd[p + "down_proj.weight"] = t(lp["w_down"]).T
+        sd[p + "down_proj.weight"] = t(lp["w_down"])
         if "b_gate_up" in lp:
             b = t(lp["b_gate_up"])
             sd[p + "gate_proj.bias"], sd[p + "up_proj.bias"] = b[:f], b[f:]

@@ -24,21 +24,21 @@ from edgellm_fn.state.rope import inv_frequencies
 
 
 def split_params(cfg: ModelConfig, params: dict) -> dict:
-    """Unfused copies (``wq, wk, wv, wg, wu``) of the edgellm_fn params pytree."""
+    """Unfused ``[in, out]`` copies (``wq, wk, wv, wg, wu``) of the edgellm_fn params pytree."""
     if cfg.hidden_act != "silu" or any(cfg.sliding_windows):
         raise ValueError("naive_jax: only silu and full attention (the benchmark presets)")
     q, kv = cfg.q_size, cfg.kv_size
     layers = []
     for lp in params["layers"]:
-        wq, wk, wv = jnp.split(lp["wqkv"], [q, q + kv], axis=1)
-        wg, wu = jnp.split(lp["w_gate_up"], 2, axis=1)
-        out = dict(lp, wq=wq, wk=wk, wv=wv, wg=wg, wu=wu)
+        wq, wk, wv = jnp.split(lp["wqkv"].T, [q, q + kv], axis=1)
+        wg, wu = jnp.split(lp["w_gate_up"].T, 2, axis=1)
+        out = dict(lp, wq=wq, wk=wk, wv=wv, wg=wg, wu=wu, wo=lp["wo"].T, w_down=lp["w_down"].T)
         del out["wqkv"], out["w_gate_up"]
         if "bqkv" in lp:
             out["bq"], out["bk"], out["bv"] = jnp.split(lp["bqkv"], [q, q + kv])
             del out["bqkv"]
         layers.append(out)
-    head = params["lm_head"] if "lm_head" in params else params["embed"].T
+    head = (params["lm_head"] if "lm_head" in params else params["embed"]).T
     return {"embed": params["embed"], "norm": params["final_norm"], "head": head, "layers": layers}
 
 

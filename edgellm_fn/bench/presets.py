@@ -176,14 +176,14 @@ def param_shapes(cfg: ModelConfig) -> Params:
     qkv = cfg.q_size + 2 * cfg.kv_size
     shapes: Params = {"embed": (cfg.vocab_size, h), "final_norm": (h,)}
     if not cfg.tie_word_embeddings:
-        shapes["lm_head"] = (h, cfg.vocab_size)
+        shapes["lm_head"] = (cfg.vocab_size, h)
     layer: dict[str, tuple[int, ...]] = {
         "attn_norm": (h,),
-        "wqkv": (h, qkv),
-        "wo": (cfg.q_size, h),
+        "wqkv": (qkv, h),
+        "wo": (h, cfg.q_size),
         "mlp_norm": (h,),
-        "w_gate_up": (h, 2 * f),
-        "w_down": (f, h),
+        "w_gate_up": (2 * f, h),
+        "w_down": (h, f),
     }
     if cfg.qkv_bias:
         layer["bqkv"] = (qkv,)
@@ -233,7 +233,7 @@ def _init_fn(cfg: ModelConfig, dtype: str):
             elif "embed" in name:
                 x = jax.random.normal(k, shape, jdt)
             else:
-                x = jax.random.normal(k, shape, jdt) * jnp.asarray(shape[0] ** -0.5, jdt)
+                x = jax.random.normal(k, shape, jdt) * jnp.asarray(shape[1] ** -0.5, jdt)
             out.append(x.astype(jdt))
         return jax.tree_util.tree_unflatten(treedef, out)
 

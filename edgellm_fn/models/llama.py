@@ -1,12 +1,13 @@
 """The Llama-family decoder (Llama 3.x, Qwen2/2.5, Qwen3) in JAX, numerically as ``transformers``.
 
-Params pytree (linear weights stored ``[in, out]``; q/k/v and gate/up fused at load time)::
+Params pytree (linear weights stored ``[out, in]`` as in the checkpoint, so a decode GEMV
+streams contiguous rows; q/k/v and gate/up fused at load time)::
 
-    {"embed": [V, H], "final_norm": [H], "lm_head": [H, V] (absent when tied),
-     "layers": [{"attn_norm": [H], "wqkv": [H, (Hq+2Hkv)*D], "bqkv": [(Hq+2Hkv)*D]?,
-                 "wo": [Hq*D, H], "bo": [H]?, "q_norm": [D]?, "k_norm": [D]?,
-                 "mlp_norm": [H], "w_gate_up": [H, 2F], "b_gate_up": [2F]?,
-                 "w_down": [F, H], "b_down": [H]?}, ...]}
+    {"embed": [V, H], "final_norm": [H], "lm_head": [V, H] (absent when tied),
+     "layers": [{"attn_norm": [H], "wqkv": [(Hq+2Hkv)*D, H], "bqkv": [(Hq+2Hkv)*D]?,
+                 "wo": [H, Hq*D], "bo": [H]?, "q_norm": [D]?, "k_norm": [D]?,
+                 "mlp_norm": [H], "w_gate_up": [2F, H], "b_gate_up": [2F]?,
+                 "w_down": [H, F], "b_down": [H]?}, ...]}
 
 KV cache writes and attention work on the full-capacity slab ``[B, Hkv, C, D]`` of each layer::
 
@@ -44,6 +45,12 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     xf = x.astype(jnp.float32)
     xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
     return weight * xf.astype(x.dtype)
+
+
+def linear(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
+    """``x [..., in] @ w.T`` for ``w [out, in]`` (+ ``b [out]``), in ``x.dtype``."""
+    y = jax.lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())))
+    return y if b is None else y + b
 
 
 def apply_rope(x: jax.Array, cos_sin: jax.Array) -> jax.Array:
@@ -124,9 +131,7 @@ def decoder_layer(
     """One pre-norm decoder layer; returns ``(x, k_cache, v_cache)``."""
     b, s, _ = x.shape
     h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
-    qkv = h @ lp["wqkv"]
-    if "bqkv" in lp:
-        qkv = qkv + lp["bqkv"]
+    qkv = linear(h, lp["wqkv"], lp.get("bqkv"))
     q, k, v = jnp.split(qkv, [cfg.q_size, cfg.q_size + cfg.kv_size], axis=-1)
     q = q.reshape(b, s, cfg.num_attention_heads, cfg.head_dim)
     k = k.reshape(b, s, cfg.num_key_value_heads, cfg.head_dim)
@@ -138,18 +143,10 @@ def decoder_layer(
     k_cache = write_kv(k_cache, k, write_pos)
     v_cache = write_kv(v_cache, v, write_pos)
     attn = attend(q, k_cache, v_cache, positions, context_lengths, window)
-    out = attn @ lp["wo"]
-    if "bo" in lp:
-        out = out + lp["bo"]
-    x = x + out
+    x = x + linear(attn, lp["wo"], lp.get("bo"))
     h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps)
-    gate_up = h @ lp["w_gate_up"]
-    if "b_gate_up" in lp:
-        gate_up = gate_up + lp["b_gate_up"]
-    gate, up = jnp.split(gate_up, 2, axis=-1)
-    down = (_ACT[cfg.hidden_act](gate) * up) @ lp["w_down"]
-    if "b_down" in lp:
-        down = down + lp["b_down"]
+    gate, up = jnp.split(linear(h, lp["w_gate_up"], lp.get("b_gate_up")), 2, axis=-1)
+    down = linear(_ACT[cfg.hidden_act](gate) * up, lp["w_down"], lp.get("b_down"))
     return x + down, k_cache, v_cache
 
 
@@ -187,8 +184,9 @@ def run_layers(
 def lm_logits(cfg: ModelConfig, params: Params, hidden: jax.Array) -> jax.Array:
     """Final norm and lm_head; float32 logits ``[..., V]``."""
     h = rms_norm(hidden, params["final_norm"], cfg.rms_norm_eps)
-    head = params["lm_head"] if "lm_head" in params else params["embed"].T
-    return jnp.matmul(h, head, preferred_element_type=jnp.float32)
+    head = params.get("lm_head", params["embed"])  # [V, H]
+    dims = (((h.ndim - 1,), (1,)), ((), ()))
+    return jax.lax.dot_general(h, head, dims, preferred_element_type=jnp.float32)
 
 
 def forward(cfg: ModelConfig, params: Params, tokens: jax.Array) -> jax.Array:

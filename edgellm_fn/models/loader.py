@@ -1,8 +1,8 @@
 """Loading a Hugging Face checkpoint directory into ``(ModelConfig, params)`` and saving one back.
 
 Single-file (``model.safetensors``) and sharded (``model.safetensors.index.json``) checkpoints are
-read; q/k/v and gate/up projections are fused and transposed to ``[in, out]`` (see
-``models/llama.py`` for the params layout).
+read; q/k/v and gate/up projections are fused, keeping the checkpoint's ``[out, in]`` layout
+(see ``models/llama.py`` for the params pytree).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def load_hf_tensors(ckpt: str | Path, cfg: ModelConfig) -> dict[str, np.ndarray]
 
 
 def params_from_hf(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype: str) -> Params:
-    """Fuses and transposes Hugging Face tensors into the params pytree, cast to ``dtype``."""
+    """Fuses Hugging Face tensors into the params pytree, cast to ``dtype``."""
     jdt = _JNP[normalize_dtype(dtype, "dtype")]
 
     def t(name: str) -> np.ndarray:
@@ -115,7 +115,7 @@ def params_from_hf(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype: str)
         "final_norm": put(t("model.norm.weight")),
     }
     if not cfg.tie_word_embeddings:
-        params["lm_head"] = put(t("lm_head.weight").T)
+        params["lm_head"] = put(t("lm_head.weight"))
     layers = []
     for i in range(cfg.num_hidden_layers):
         p = f"model.layers.{i}."
@@ -123,12 +123,12 @@ def params_from_hf(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype: str)
         lp = {
             "attn_norm": put(t(p + "input_layernorm.weight")),
             "mlp_norm": put(t(p + "post_attention_layernorm.weight")),
-            "wqkv": put(np.concatenate([t(a + f"{n}_proj.weight") for n in "qkv"], 0).T),
-            "wo": put(t(a + "o_proj.weight").T),
+            "wqkv": put(np.concatenate([t(a + f"{n}_proj.weight") for n in "qkv"], 0)),
+            "wo": put(t(a + "o_proj.weight")),
             "w_gate_up": put(
-                np.concatenate([t(m + "gate_proj.weight"), t(m + "up_proj.weight")], 0).T
+                np.concatenate([t(m + "gate_proj.weight"), t(m + "up_proj.weight")], 0)
             ),
-            "w_down": put(t(m + "down_proj.weight").T),
+            "w_down": put(t(m + "down_proj.weight")),
         }
         if cfg.qkv_bias:
             lp["bqkv"] = put(np.concatenate([t(a + f"{n}_proj.bias") for n in "qkv"]))
@@ -172,19 +172,19 @@ def params_to_hf(cfg: ModelConfig, params: Params) -> dict[str, np.ndarray]:
         "model.norm.weight": n(params["final_norm"]),
     }
     if not cfg.tie_word_embeddings:
-        out["lm_head.weight"] = n(params["lm_head"]).T
+        out["lm_head.weight"] = n(params["lm_head"])
     q, kv = cfg.q_size, cfg.kv_size
     for i, lp in enumerate(params["layers"]):
         p = f"model.layers.{i}."
         a, m = p + "self_attn.", p + "mlp."
         out[p + "input_layernorm.weight"] = n(lp["attn_norm"])
         out[p + "post_attention_layernorm.weight"] = n(lp["mlp_norm"])
-        wq, wk, wv = np.split(n(lp["wqkv"]).T, [q, q + kv], axis=0)
+        wq, wk, wv = np.split(n(lp["wqkv"]), [q, q + kv], axis=0)
         out.update({a + "q_proj.weight": wq, a + "k_proj.weight": wk, a + "v_proj.weight": wv})
-        out[a + "o_proj.weight"] = n(lp["wo"]).T
-        gate, up = np.split(n(lp["w_gate_up"]).T, 2, axis=0)
+        out[a + "o_proj.weight"] = n(lp["wo"])
+        gate, up = np.split(n(lp["w_gate_up"]), 2, axis=0)
         out.update({m + "gate_proj.weight": gate, m + "up_proj.weight": up})
-        out[m + "down_proj.weight"] = n(lp["w_down"]).T
+        out[m + "down_proj.weight"] = n(lp["w_down"])
         if "bqkv" in lp:
             bq, bk, bv = np.split(n(lp["bqkv"]), [q, q + kv])
             out.update({a + "q_proj.bias": bq, a + "k_proj.bias": bk, a + "v_proj.bias": bv})

@@ -149,7 +149,11 @@ def _layer(
     p = f"layers.{i}."
 
     def w(key: str) -> str | None:
-        return g.weight(lp[key], p + key, dt) if key in lp else None
+        if key not in lp:
+            return None
+        value = np.asarray(lp[key])
+        # ONNX MatMul takes [in, out]; the params hold [out, in] (the checkpoint's layout).
+        return g.weight(value.T if value.ndim == 2 else value, p + key, dt)
 
     h = _rms(g, x, w("attn_norm"), m.rms_norm_eps)
     qkv = _linear(g, h, w("wqkv"), w("bqkv"))
@@ -205,7 +209,7 @@ def decoder_graph(g: GraphBuilder, cfg: EngineConfig, params: Params) -> None:
     idx = g.op("Unsqueeze", [g.op("Cast", ["last_token_ids"], to=TensorProto.INT64), g.i64(-1)])
     picked = g.op("GatherND", [x, idx], batch_dims=1)  # [B, sel, H]
     h = _rms(g, picked, g.weight(params["final_norm"], "final_norm", dt), m.rms_norm_eps)
-    head = params["lm_head"] if "lm_head" in params else np.asarray(params["embed"]).T
+    head = np.asarray(params["lm_head"] if "lm_head" in params else params["embed"]).T
     logits = g.op("MatMul", [h, g.weight(head, "lm_head", dt)])
     if dt != "float32":
         logits = g.op("Cast", [logits], to=TensorProto.FLOAT)
