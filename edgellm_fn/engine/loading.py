@@ -27,6 +27,7 @@ def load_engine(
     max_input_len: int = 256,
     kv_capacity: int = 512,
     dtype: str | None = None,
+    kernels: str | None = None,
 ) -> Engine:
     """Loads an engine.
 
@@ -36,6 +37,8 @@ def load_engine(
       provider: ``"xla"`` for checkpoints; for engine directories ``"onnxruntime"`` or
         ``"tensorrt"`` (default: from the engine file present).
       max_batch_size, max_input_len, kv_capacity, dtype: limits of an xla engine.
+      kernels: the xla engine's kernel mode, ``"auto"`` (default), ``"on"`` or ``"off"``
+        (``engine/xla.py``; ``EDGELLM_FN_KERNELS`` sets the default).
 
     Raises:
       ConfigError: unknown provider, or a provider that does not fit the directory.
@@ -58,7 +61,7 @@ def load_engine(
         kv_capacity=kv_capacity,
         dtype=dtype,
     )
-    return XlaEngine(ecfg, params)
+    return XlaEngine(ecfg, params, kernels)
 
 
 def _load_engine_dir(path: Path, provider: str | None) -> Engine:

@@ -1,12 +1,18 @@
 """The ``xla`` provider: the model in JAX behind exactly the engine contract.
 
-It is a pytree (params are leaves, the config is static), so it can be passed to ``jit`` like
-any argument. It cannot alias outputs to inputs itself; the step functions donate the state so
-XLA writes ``present_*`` into the ``past_*`` buffers.
+It is a pytree (params are leaves, the config and the kernel mode are static), so it can be
+passed to ``jit`` like any argument. It cannot alias outputs to inputs itself; the step functions
+donate the state so XLA writes ``present_*`` into the ``past_*`` buffers.
+
+Kernel mode (``kernels=``, or the ``EDGELLM_FN_KERNELS`` environment variable for A/B runs):
+``"auto"`` runs decode steps on the fused kernels (``models/fused.py``) and fresh prefills on cuDNN
+flash attention on a GPU, and the reference path elsewhere; ``"on"`` forces the kernels (their CPU
+twins on a CPU) and raises where they do not apply; ``"off"`` is the reference path everywhere.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import jax
@@ -14,9 +20,23 @@ import jax.numpy as jnp
 
 from ..config import EngineConfig
 from ..dims import InferenceDims
-from ..models import llama
+from ..errors import EngineError
+from ..models import fused, llama
 from .protocol import Prepared, prepare_checked
 from .spec import EngineSpec, build_llm_spec
+
+KERNEL_MODES = ("auto", "on", "off")
+
+
+def _kernel_mode(kernels: str | None) -> str:
+    mode = kernels or os.environ.get("EDGELLM_FN_KERNELS", "auto")
+    mode = {"1": "on", "0": "off"}.get(mode, mode)
+    if mode not in KERNEL_MODES:
+        raise EngineError(
+            f"xla provider: kernels={mode!r} (expected one of {KERNEL_MODES}; the "
+            "EDGELLM_FN_KERNELS environment variable takes the same values)"
+        )
+    return mode
 
 
 @jax.tree_util.register_pytree_node_class
@@ -25,16 +45,31 @@ class XlaEngine:
 
     provider = "xla"
 
-    def __init__(self, config: EngineConfig, params: llama.Params):
+    def __init__(self, config: EngineConfig, params: llama.Params, kernels: str | None = None):
         self.config = config
         self.params = params
+        self.kernels = _kernel_mode(kernels)
 
     def tree_flatten(self):
-        return (self.params,), self.config
+        return (self.params,), (self.config, self.kernels)
 
     @classmethod
-    def tree_unflatten(cls, config, children):
-        return cls(config, children[0])
+    def tree_unflatten(cls, aux, children):
+        return cls(aux[0], children[0], aux[1])
+
+    def decode_path(self, batch: int) -> tuple[str, str]:
+        """``("kernels" | "reference", why)`` for decode steps of ``batch`` rows on this backend."""
+        platform = jax.default_backend()
+        if self.kernels == "off":
+            return "reference", "kernels='off'"
+        why = fused.kernel_support(self.config, batch, platform)
+        if why is None and platform == "gpu" and not _cuda_built():
+            why = "the package was built without its CUDA handlers (no nvcc at install)"
+        if why is None and (self.kernels == "on" or platform == "gpu"):
+            return "kernels", f"fused kernels on {platform}"
+        if self.kernels == "on":
+            raise EngineError(f"xla provider: kernels='on' but {why}")
+        return "reference", why or f"kernels='auto' uses the reference path on {platform}"
 
     @property
     def embedding(self) -> jax.Array:
@@ -56,7 +91,8 @@ class XlaEngine:
         x = t["inputs_embeds"]
         b, s, _ = x.shape
         start = t["kvcache_start_index"]
-        if start.shape[0] == 0:  # fresh prefill: every row starts at slot 0
+        fresh = start.shape[0] == 0
+        if fresh:  # fresh prefill: every row starts at slot 0
             start = jnp.zeros((b,), jnp.int32)
         context = t["context_lengths"]
         positions = start[:, None] + jnp.arange(s, dtype=jnp.int32)[None, :]
@@ -68,21 +104,26 @@ class XlaEngine:
             jnp.minimum(positions, cap - 1),
         ]
         n = m.num_hidden_layers
-        hidden, ks, vs = llama.run_layers(
-            m,
-            self.params,
-            x,
-            cos_sin,
-            positions,
-            write_pos,
-            context,
-            [t[f"past_key_{i}"] for i in range(n)],
-            [t[f"past_value_{i}"] for i in range(n)],
-        )
+        ks = [t[f"past_key_{i}"] for i in range(n)]
+        vs = [t[f"past_value_{i}"] for i in range(n)]
+        use_kernels = self.decode_path(b)[0] == "kernels"
         select = t["last_token_ids"]
-        picked = jnp.take_along_axis(hidden, select[:, :, None], axis=1)  # [B, sel, H]
-        logits = llama.lm_logits(m, self.params, picked).reshape(-1, m.vocab_size)
-        out = {"logits": logits}
+        if use_kernels and prepared.profile == 1 and s == 1:
+            hidden, ks, vs = fused.decode_layers(
+                m, self.params, x[:, 0], rope, start, context, ks, vs
+            )
+            picked = hidden[:, None]  # decode selects its only token
+        else:
+            flash = use_kernels and jax.default_backend() == "gpu" and fresh and _flash_ok(m)
+            hidden, ks, vs = llama.run_layers(
+                m, self.params, x, cos_sin, positions, write_pos, context, ks, vs, flash
+            )
+            picked = jnp.take_along_axis(hidden, select[:, :, None], axis=1)  # [B, sel, H]
+        if use_kernels and picked.shape[0] * picked.shape[1] <= fused.MAX_ROWS:
+            logits = fused.head_logits(m, self.params, picked)
+        else:
+            logits = llama.lm_logits(m, self.params, picked)
+        out = {"logits": logits.reshape(-1, m.vocab_size)}
         for i in range(n):
             out[f"present_key_{i}"] = ks[i]
             out[f"present_value_{i}"] = vs[i]
@@ -92,3 +133,14 @@ class XlaEngine:
         """XLA captures its own CUDA graphs (command buffers); nothing to capture here."""
         del prepared
         return False
+
+
+def _cuda_built() -> bool:
+    from ..ffi import cuda_available
+
+    return cuda_available()
+
+
+def _flash_ok(m) -> bool:
+    """cuDNN's flash attention takes head_dim a multiple of 8 up to 128."""
+    return m.head_dim % 8 == 0 and m.head_dim <= 128

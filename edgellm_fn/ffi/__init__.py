@@ -12,13 +12,17 @@ import types
 import jax
 
 try:
-    from edgellm_fn.ffi import _kv_cache_utils
+    from edgellm_fn.ffi import _decode_attention, _gemv, _kv_cache_utils
 except ImportError as e:  # pragma: no cover - only without a build
     raise ImportError(
-        "edgellm_fn.ffi: the compiled module _kv_cache_utils is missing; build the handlers "
+        f"edgellm_fn.ffi: a compiled handler module is missing ({e}); build the handlers "
         "with `pip install -e .` (or `pip install .`) from the repository root"
     ) from e
 
+from edgellm_fn.ffi.decode_attention import decode_attention as decode_attention
+from edgellm_fn.ffi.decode_attention import decode_attention_ref as decode_attention_ref
+from edgellm_fn.ffi.gemv import gemv as gemv
+from edgellm_fn.ffi.gemv import gemv_ref as gemv_ref
 from edgellm_fn.ffi.kv_cache_utils import (
     MAX_BATCHED_LAYERS as MAX_BATCHED_LAYERS,
 )
@@ -56,6 +60,10 @@ from edgellm_fn.ffi.kv_cache_utils import (
 __all__ = [
     "MAX_BATCHED_LAYERS",
     "cuda_available",
+    "decode_attention",
+    "decode_attention_ref",
+    "gemv",
+    "gemv_ref",
     "increment_lengths",
     "increment_lengths_ref",
     "instantiate_kv_cache_batched",
@@ -69,7 +77,7 @@ __all__ = [
     "save_kv_cache_layer_ref",
 ]
 
-_COMPILED_MODULES: tuple[types.ModuleType, ...] = (_kv_cache_utils,)
+_COMPILED_MODULES: tuple[types.ModuleType, ...] = (_kv_cache_utils, _gemv, _decode_attention)
 
 
 def _register_all() -> dict[str, tuple[str, ...]]:

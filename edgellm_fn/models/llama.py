@@ -31,7 +31,7 @@ from ..config import ModelConfig
 Params = dict[str, Any]
 _NEG = -1e30
 
-_ACT = {
+ACTIVATIONS = {
     "silu": jax.nn.silu,
     "relu": jax.nn.relu,
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
@@ -74,6 +74,7 @@ def attend(
     positions: jax.Array,
     context_lengths: jax.Array,
     window: int,
+    scale: float | None = None,
 ) -> jax.Array:
     """Grouped-query attention of new queries over a full KV slab.
 
@@ -83,6 +84,7 @@ def attend(
       positions: ``[B, S]`` int32 position of each query.
       context_lengths: ``[B]`` int32 valid slots of each row after this step.
       window: sliding window in tokens, 0 for full attention.
+      scale: score scale, ``D ** -0.5`` by default.
 
     Returns:
       ``[B, S, Hq * D]`` in ``q.dtype``.
@@ -90,9 +92,9 @@ def attend(
     b, s, hq, d = q.shape
     hkv, cap = k_cache.shape[1], k_cache.shape[2]
     qg = q.reshape(b, s, hkv, hq // hkv, d)
-    scores = jnp.einsum("bskgd,bkcd->bkgsc", qg, k_cache, preferred_element_type=jnp.float32) * (
-        d**-0.5
-    )
+    scale = d**-0.5 if scale is None else scale
+    scores = jnp.einsum("bskgd,bkcd->bkgsc", qg, k_cache, preferred_element_type=jnp.float32)
+    scores = scores * scale
     slot = jnp.arange(cap, dtype=jnp.int32)[None, None, :]
     pos = positions[:, :, None]
     mask = (slot < context_lengths[:, None, None]) & (slot <= pos)
@@ -103,6 +105,32 @@ def attend(
     # Probabilities are cast to the model dtype first (as transformers does); the product stays
     # in that dtype (XLA:CPU has no bf16 x bf16 -> f32 batched dot).
     out = jnp.einsum("bkgsc,bkcd->bskgd", probs, v_cache.astype(q.dtype))
+    return out.reshape(b, s, hq * d)
+
+
+def attend_fresh(
+    q: jax.Array, k: jax.Array, v: jax.Array, context_lengths: jax.Array, window: int
+) -> jax.Array:
+    """Causal attention of a fresh prefill over its own tokens only (cuDNN flash attention).
+
+    Args:
+      q: ``[B, S, Hq, D]``; k, v: ``[B, S, Hkv, D]`` (rotated); context_lengths: ``[B]`` valid
+        tokens of each right-padded row.
+
+    Returns:
+      ``[B, S, Hq * D]``; rows past a row's length are not meaningful.
+    """
+    b, s, hq, d = q.shape
+    out = jax.nn.dot_product_attention(
+        q,
+        k,
+        v,
+        is_causal=True,
+        query_seq_lengths=context_lengths,
+        key_value_seq_lengths=context_lengths,
+        local_window_size=(window - 1, 0) if window else None,
+        implementation="cudnn",
+    )
     return out.reshape(b, s, hq * d)
 
 
@@ -127,8 +155,13 @@ def decoder_layer(
     k_cache: jax.Array,
     v_cache: jax.Array,
     window: int,
+    flash: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One pre-norm decoder layer; returns ``(x, k_cache, v_cache)``."""
+    """One pre-norm decoder layer; returns ``(x, k_cache, v_cache)``.
+
+    ``flash`` (a fresh prefill on GPU): attention over the step's own tokens with cuDNN instead
+    of the masked full-capacity slab.
+    """
     b, s, _ = x.shape
     h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
     qkv = linear(h, lp["wqkv"], lp.get("bqkv"))
@@ -142,11 +175,14 @@ def decoder_layer(
     q, k = apply_rope(q, cos_sin), apply_rope(k, cos_sin)
     k_cache = write_kv(k_cache, k, write_pos)
     v_cache = write_kv(v_cache, v, write_pos)
-    attn = attend(q, k_cache, v_cache, positions, context_lengths, window)
+    if flash:
+        attn = attend_fresh(q, k, v, context_lengths, window)
+    else:
+        attn = attend(q, k_cache, v_cache, positions, context_lengths, window)
     x = x + linear(attn, lp["wo"], lp.get("bo"))
     h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps)
     gate, up = jnp.split(linear(h, lp["w_gate_up"], lp.get("b_gate_up")), 2, axis=-1)
-    down = linear(_ACT[cfg.hidden_act](gate) * up, lp["w_down"], lp.get("b_down"))
+    down = linear(ACTIVATIONS[cfg.hidden_act](gate) * up, lp["w_down"], lp.get("b_down"))
     return x + down, k_cache, v_cache
 
 
@@ -160,6 +196,7 @@ def run_layers(
     context_lengths: jax.Array,
     k_caches: Sequence[jax.Array],
     v_caches: Sequence[jax.Array],
+    flash: bool = False,
 ) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
     """All decoder layers; returns final hidden ``[B, S, H]`` (before the final norm) and caches."""
     new_k, new_v = [], []
@@ -175,6 +212,7 @@ def run_layers(
             k_caches[i],
             v_caches[i],
             cfg.sliding_windows[i],
+            flash,
         )
         new_k.append(k)
         new_v.append(v)
