@@ -106,7 +106,7 @@ def gemv_section(copy_gbs: float) -> None:
             results = {}
             for impl, op in (("kernel", ffi.gemv), ("xla", ffi.gemv_ref)):
 
-                def run(x, ws, op=op):
+                def run(x, ws, op=op, res=res, opt=opt, kw=kw):
                     acc = []
                     for w in ws:
                         r = res if opt.get("res") else None
@@ -124,7 +124,7 @@ def gemv_section(copy_gbs: float) -> None:
                     gb_s=round(gbs, 1),
                     frac_copy=round(gbs / copy_gbs, 3),
                 )
-            got = jax.jit(lambda x, w: ffi.gemv(x, w, residual=None, **kw))(x, ws[0])
+            got = jax.jit(lambda x, w, kw=kw: ffi.gemv(x, w, **kw))(x, ws[0])
             want = ffi.gemv_ref(
                 x.astype(jnp.float32),
                 ws[0].astype(jnp.float32),
@@ -158,7 +158,7 @@ def attention_section() -> None:
         start = jnp.full((1,), valid - 1, jnp.int32)
         for impl, op in (("kernel", ffi.decode_attention), ("xla", ffi.decode_attention_ref)):
 
-            def run(qkv, ks, vs, op=op):
+            def run(qkv, ks, vs, op=op, rope=rope, start=start):
                 outs = []
                 for k, v in zip(ks, vs, strict=True):
                     o, _, _ = op(qkv, k, v, rope, start, start + 1)
@@ -307,7 +307,7 @@ def main() -> int:
                 row(name, "FAILED", error=traceback.format_exc(limit=2)[-400:])
     with open(os.path.join(args.out, "decode_kernels.json"), "w") as fh:
         json.dump(ROWS, fh, indent=1)
-    print("\n== summary (copy ceiling %.0f GB/s)" % copy_gbs)
+    print(f"\n== summary (copy ceiling {copy_gbs:.0f} GB/s)")
     for r in ROWS:
         vals = {k: v for k, v in r.items() if k not in ("section", "name", "first_tokens", "error")}
         print(f"{r['section']:9s} {r['name']:48s} {vals}")
