@@ -2,12 +2,11 @@
 //
 // Memory-bound at small M: every weight byte is streamed once with 16-byte
 // loads that bypass L1 (ld.global.nc.L1::no_allocate), rows [N, K] contiguous.
-// A block stages x (normalised when the op has a norm) in shared memory once;
-// each warp then computes kRows weight rows at a time (a gated op pairs rows
-// j and N/2 + j), lanes striding over K, and reduces with shuffles. The grid is
-// persistent (at most what is resident), so the norm prologue runs once per
-// block. Launch work depends only on shapes: command-buffer compatible; no
-// allocation, no synchronisation.
+// A block of 8 warps owns a few rows and splits K over its threads; each
+// thread issues all its weight loads first, then computes the norm (if any)
+// from its own x chunks, so the prologue hides under the weight fetch; partial
+// sums meet in shared memory. Launch work depends only on shapes: command-buffer
+// compatible; no allocation, no synchronisation.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -24,10 +23,8 @@ namespace ffi = xla::ffi;
 namespace edgellm::gemv {
 namespace {
 
-constexpr int kWarps = 4;
+constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
-constexpr int kRows = 4;  // weight rows per warp iteration
-constexpr int kUnroll = 2;
 
 struct Bf16Tag {};
 struct F16Tag {};
@@ -90,207 +87,160 @@ __device__ __forceinline__ float Act(int32_t act, float g) {
   }
 }
 
-template <typename Tag, int kM>
-__device__ __forceinline__ void StageNormed(const Plan& p, const uint4* x, uint4* xs);
-
-// Stages x[M, K] (normalised when kNorm) into shared memory as uint16 rows.
-template <typename Tag, int kM, bool kNorm>
-__device__ __forceinline__ void StageX(const Plan& p, uint4* xs) {
-  const int64_t kc = p.k / 8;
-  const uint4* x = static_cast<const uint4*>(p.x);
-  const int m_rows = static_cast<int>(p.m);
-  if constexpr (!kNorm) {
-    for (int64_t i = threadIdx.x; i < m_rows * kc; i += kThreads) xs[i] = x[i];
-  } else {
-    StageNormed<Tag, kM>(p, x, xs);
-  }
-}
-
-template <typename Tag, int kM>
-__device__ __forceinline__ void StageNormed(const Plan& p, const uint4* x, uint4* xs) {
-  const int64_t kc = p.k / 8;
-  const int m_rows = static_cast<int>(p.m);
-  __shared__ float partial[kWarps][kM];
-  __shared__ float scale[kM];
-  float ss[kM];
-#pragma unroll
-  for (int m = 0; m < kM; ++m) {
-    ss[m] = 0.0f;
-    if (m < m_rows) {
-      for (int64_t c = threadIdx.x; c < kc; c += kThreads) {
-        float f[8];
-        Unpack(Tag{}, x[m * kc + c], f);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) ss[m] += f[e] * f[e];
-      }
-    }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) ss[m] += __shfl_xor_sync(0xffffffffu, ss[m], off);
-  }
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) {
-#pragma unroll
-    for (int m = 0; m < kM; ++m) partial[warp][m] = ss[m];
-  }
-  __syncthreads();
-  if (threadIdx.x < kM) {
-    float t = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) t += partial[w][threadIdx.x];
-    scale[threadIdx.x] = 1.0f / sqrtf(t / static_cast<float>(p.k) + p.eps);
-  }
-  __syncthreads();
-  const uint4* nw = static_cast<const uint4*>(p.norm_weight);
-  for (int64_t i = threadIdx.x; i < m_rows * kc; i += kThreads) {
-    const int m = static_cast<int>(i / kc);
-    const int64_t c = i - m * kc;
-    float f[8], g[8];
-    Unpack(Tag{}, x[i], f);
-    Unpack(Tag{}, nw[c], g);
-    uint16_t out[8];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) out[e] = Bits(Tag{}, Round(Tag{}, f[e] * scale[m]) * g[e]);
-    xs[i] = *reinterpret_cast<const uint4*>(out);
-  }
-}
-
-template <typename Tag, typename OutT, int kM, bool kNorm, bool kGated>
+// One block computes kR weight rows (a gated op: kR/2 gate rows and their up rows) for every
+// row of x. Its 8 warps split K: thread t owns the 16-byte chunks c = t + 256 i, so all of a
+// tile's weight loads (kPre chunk iterations x kR rows per thread) are issued before the norm
+// prologue reads x, and the weights arrive while the norm is computed. The thread's own chunks
+// also give its share of the norm's sum of squares, so x is never staged.
+template <typename Tag, typename OutT, int kM, int kR, int kPre, bool kNorm, bool kGated>
 __global__ void __launch_bounds__(kThreads) GemvKernel(const Plan p) {
-  extern __shared__ uint4 xs[];
-  StageX<Tag, kM, kNorm>(p, xs);
-  __syncthreads();
-
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t kc = p.k / 8;
+  const int64_t iters = (kc + kThreads - 1) / kThreads;
   const int m_rows = static_cast<int>(p.m);
   const uint4* w = static_cast<const uint4*>(p.w);
+  const uint4* x = static_cast<const uint4*>(p.x);
+  const uint4* nw = static_cast<const uint4*>(p.norm_weight);
+  constexpr int kUnits = kGated ? kR / 2 : kR;
+  const int64_t units = p.n_out;
+  const int64_t u0 = static_cast<int64_t>(blockIdx.x) * kUnits;
+  int64_t row[kR];
+#pragma unroll
+  for (int r = 0; r < kR; ++r) {
+    const int64_t u = u0 + (kGated ? r % kUnits : r);
+    const int64_t clamped = u < units ? u : units - 1;  // idle rows re-read a valid row
+    row[r] = kGated && r >= kUnits ? units + clamped : clamped;
+  }
+  uint4 wv[kPre][kR];
+#pragma unroll
+  for (int i = 0; i < kPre; ++i) {
+    const int64_t c = tid + static_cast<int64_t>(i) * kThreads;
+#pragma unroll
+    for (int r = 0; r < kR; ++r) wv[i][r] = c < kc ? LoadStream(w + row[r] * kc + c) : uint4{};
+  }
+
+  __shared__ float scale[kM];
+  __shared__ float red[kWarps][kR][kM];
+  if constexpr (kNorm) {
+    float ss[kM];
+#pragma unroll
+    for (int m = 0; m < kM; ++m) {
+      ss[m] = 0.0f;
+      if (m < m_rows) {
+        for (int64_t c = tid; c < kc; c += kThreads) {
+          float f[8];
+          Unpack(Tag{}, x[m * kc + c], f);
+#pragma unroll
+          for (int e = 0; e < 8; ++e) ss[m] = fmaf(f[e], f[e], ss[m]);
+        }
+      }
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) ss[m] += __shfl_xor_sync(0xffffffffu, ss[m], off);
+      if (lane == 0) red[warp][0][m] = ss[m];
+    }
+    __syncthreads();
+    if (tid < kM) {
+      float t = 0.0f;
+#pragma unroll
+      for (int v = 0; v < kWarps; ++v) t += red[v][0][tid];
+      scale[tid] = 1.0f / sqrtf(t / static_cast<float>(p.k) + p.eps);
+    }
+    __syncthreads();
+  }
+
+  float acc[kR][kM];
+#pragma unroll
+  for (int r = 0; r < kR; ++r)
+#pragma unroll
+    for (int m = 0; m < kM; ++m) acc[r][m] = 0.0f;
+  for (int64_t i0 = 0; i0 < iters; i0 += kPre) {
+    if (i0 > 0) {
+#pragma unroll
+      for (int i = 0; i < kPre; ++i) {
+        const int64_t c = tid + (i0 + i) * kThreads;
+#pragma unroll
+        for (int r = 0; r < kR; ++r) wv[i][r] = c < kc ? LoadStream(w + row[r] * kc + c) : uint4{};
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kPre; ++i) {
+      const int64_t c = tid + (i0 + i) * kThreads;
+      if (c >= kc) continue;
+      float wf[kR][8];
+#pragma unroll
+      for (int r = 0; r < kR; ++r) Unpack(Tag{}, wv[i][r], wf[r]);
+      float g[8];
+      if constexpr (kNorm) Unpack(Tag{}, nw[c], g);
+#pragma unroll
+      for (int m = 0; m < kM; ++m) {
+        if (m >= m_rows) continue;
+        float xf[8];
+        Unpack(Tag{}, x[m * kc + c], xf);
+        if constexpr (kNorm) {
+#pragma unroll
+          for (int e = 0; e < 8; ++e) xf[e] = Round(Tag{}, Round(Tag{}, xf[e] * scale[m]) * g[e]);
+        }
+#pragma unroll
+        for (int r = 0; r < kR; ++r)
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[r][m] = fmaf(xf[e], wf[r][e], acc[r][m]);
+      }
+    }
+  }
+  if constexpr (kNorm) __syncthreads();  // red[][0][] held the norm partials
+#pragma unroll
+  for (int r = 0; r < kR; ++r)
+#pragma unroll
+    for (int m = 0; m < kM; ++m) {
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1)
+        acc[r][m] += __shfl_xor_sync(0xffffffffu, acc[r][m], off);
+      if (lane == 0) red[warp][r][m] = acc[r][m];
+    }
+  __syncthreads();
+
+  // Epilogue: thread t writes output (unit t / kM, row t % kM).
+  const int t = tid;
+  if (t >= kUnits * kM) return;
+  const int o = t / kM, m = t % kM;
+  const int64_t u = u0 + o;
+  if (m >= m_rows || u >= units) return;
+  auto total = [&](int r) {
+    float v = 0.0f;
+#pragma unroll
+    for (int wi = 0; wi < kWarps; ++wi) v += red[wi][r][m];
+    return v;
+  };
   const uint16_t* bias = static_cast<const uint16_t*>(p.bias);
   const uint16_t* res = static_cast<const uint16_t*>(p.residual);
-  // Output units per warp iteration: kRows rows, or kRows/2 gated pairs.
-  constexpr int kUnits = kGated ? kRows / 2 : kRows;
-  const int64_t units = p.n_out;
-  const int64_t groups = (units + kUnits - 1) / kUnits;
-
-  for (int64_t grp = static_cast<int64_t>(blockIdx.x) * kWarps + warp; grp < groups;
-       grp += static_cast<int64_t>(gridDim.x) * kWarps) {
-    const int64_t u0 = grp * kUnits;
-    int64_t row[kRows];
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      const int64_t u = u0 + (kGated ? r % kUnits : r);
-      const int64_t clamped = u < units ? u : units - 1;  // idle rows re-read a valid row
-      row[r] = kGated && r >= kUnits ? units + clamped : clamped;
+  float y;
+  if constexpr (kGated) {
+    float gt = Round(Tag{}, total(o)), up = Round(Tag{}, total(kUnits + o));
+    if (bias) {
+      gt = Round(Tag{}, gt + Load(Tag{}, bias + u));
+      up = Round(Tag{}, up + Load(Tag{}, bias + units + u));
     }
-    float acc[kRows][kM];
-#pragma unroll
-    for (int r = 0; r < kRows; ++r)
-#pragma unroll
-      for (int m = 0; m < kM; ++m) acc[r][m] = 0.0f;
-
-    int64_t c = lane;
-    for (; c + 32 * (kUnroll - 1) < kc; c += 32 * kUnroll) {
-      uint4 wv[kUnroll][kRows];
-#pragma unroll
-      for (int s = 0; s < kUnroll; ++s)
-#pragma unroll
-        for (int r = 0; r < kRows; ++r) wv[s][r] = LoadStream(w + row[r] * kc + c + 32 * s);
-#pragma unroll
-      for (int s = 0; s < kUnroll; ++s) {
-        float wf[kRows][8];
-#pragma unroll
-        for (int r = 0; r < kRows; ++r) Unpack(Tag{}, wv[s][r], wf[r]);
-#pragma unroll
-        for (int m = 0; m < kM; ++m) {
-          if (m < m_rows) {
-            float xf[8];
-            Unpack(Tag{}, xs[m * kc + c + 32 * s], xf);
-#pragma unroll
-            for (int r = 0; r < kRows; ++r)
-#pragma unroll
-              for (int e = 0; e < 8; ++e) acc[r][m] = fmaf(xf[e], wf[r][e], acc[r][m]);
-          }
-        }
-      }
-    }
-    for (; c < kc; c += 32) {
-      float wf[kRows][8];
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) Unpack(Tag{}, LoadStream(w + row[r] * kc + c), wf[r]);
-#pragma unroll
-      for (int m = 0; m < kM; ++m) {
-        if (m < m_rows) {
-          float xf[8];
-          Unpack(Tag{}, xs[m * kc + c], xf);
-#pragma unroll
-          for (int r = 0; r < kRows; ++r)
-#pragma unroll
-            for (int e = 0; e < 8; ++e) acc[r][m] = fmaf(xf[e], wf[r][e], acc[r][m]);
-        }
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < kRows; ++r)
-#pragma unroll
-      for (int m = 0; m < kM; ++m)
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1)
-          acc[r][m] += __shfl_xor_sync(0xffffffffu, acc[r][m], off);
-
-    // Epilogue: output (unit o, row m) is written by lane (o * kM + m) % 32.
-#pragma unroll
-    for (int o = 0; o < kUnits; ++o) {
-#pragma unroll
-      for (int m = 0; m < kM; ++m) {
-        const int64_t u = u0 + o;
-        if (lane != (o * kM + m) % 32 || m >= m_rows || u >= units) continue;
-        float y;
-        if constexpr (kGated) {
-          float g = Round(Tag{}, acc[o][m]), up = Round(Tag{}, acc[kUnits + o][m]);
-          if (bias) {
-            g = Round(Tag{}, g + Load(Tag{}, bias + u));
-            up = Round(Tag{}, up + Load(Tag{}, bias + units + u));
-          }
-          y = Round(Tag{}, Act<Tag>(p.activation, g) * up);
-        } else if constexpr (sizeof(OutT) == 4) {
-          y = acc[o][m] + (bias ? Load(Tag{}, bias + u) : 0.0f);
-        } else {
-          y = Round(Tag{}, acc[o][m]);
-          if (bias) y = Round(Tag{}, y + Load(Tag{}, bias + u));
-        }
-        if constexpr (sizeof(OutT) == 4) {
-          static_cast<float*>(p.out)[m * units + u] = y;
-        } else {
-          if (res) y = Round(Tag{}, Load(Tag{}, res + m * units + u) + y);
-          static_cast<uint16_t*>(p.out)[m * units + u] = Bits(Tag{}, y);
-        }
-      }
-    }
+    y = Round(Tag{}, Act<Tag>(p.activation, gt) * up);
+  } else if constexpr (sizeof(OutT) == 4) {
+    y = total(o) + (bias ? Load(Tag{}, bias + u) : 0.0f);
+  } else {
+    y = Round(Tag{}, total(o));
+    if (bias) y = Round(Tag{}, y + Load(Tag{}, bias + u));
+  }
+  if constexpr (sizeof(OutT) == 4) {
+    static_cast<float*>(p.out)[m * units + u] = y;
+  } else {
+    if (res) y = Round(Tag{}, Load(Tag{}, res + m * units + u) + y);
+    static_cast<uint16_t*>(p.out)[m * units + u] = Bits(Tag{}, y);
   }
 }
 
-int SmCount() {
-  int device = 0, sms = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  return sms > 0 ? sms : 1;
-}
-
-template <typename Tag, typename OutT, int kM, bool kNorm, bool kGated>
+template <typename Tag, typename OutT, int kM, int kR, int kPre, bool kNorm, bool kGated>
 ffi::Error Launch(cudaStream_t stream, const Plan& p) {
-  auto kernel = GemvKernel<Tag, OutT, kM, kNorm, kGated>;
-  const size_t smem = static_cast<size_t>(p.m) * p.k * sizeof(uint16_t);
-  if (smem > 48 * 1024) {
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         static_cast<int>(smem));
-  }
-  constexpr int kUnits = kGated ? kRows / 2 : kRows;
-  const int64_t groups = (p.n_out + kUnits - 1) / kUnits;
-  int64_t blocks = (groups + kWarps - 1) / kWarps;
-  int per_sm = 0;
-  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
-  const int64_t resident = static_cast<int64_t>(per_sm > 0 ? per_sm : 1) * SmCount();
-  if (blocks > resident) blocks = resident;
-  kernel<<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(p);
+  constexpr int kUnits = kGated ? kR / 2 : kR;
+  const int64_t blocks = (p.n_out + kUnits - 1) / kUnits;
+  GemvKernel<Tag, OutT, kM, kR, kPre, kNorm, kGated>
+      <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p);
   if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
     return ffi::Error::Internal(std::string("edgellm_gemv: kernel launch failed: ") +
                                 cudaGetErrorString(err));
@@ -298,13 +248,22 @@ ffi::Error Launch(cudaStream_t stream, const Plan& p) {
   return ffi::Error::Success();
 }
 
+// Loads in flight per thread = kPre x kR: enough to cover memory latency at any K.
+template <typename Tag, typename OutT, int kM, bool kNorm, bool kGated>
+ffi::Error LaunchK(cudaStream_t stream, const Plan& p) {
+  const int64_t iters = (p.k / 8 + kThreads - 1) / kThreads;
+  if (iters <= 1) return Launch<Tag, OutT, kM, (kM <= 4 ? 8 : 4), 1, kNorm, kGated>(stream, p);
+  if (iters <= 2) return Launch<Tag, OutT, kM, 4, 2, kNorm, kGated>(stream, p);
+  return Launch<Tag, OutT, kM, 4, 4, kNorm, kGated>(stream, p);
+}
+
 template <typename Tag, typename OutT, bool kNorm, bool kGated>
 ffi::Error LaunchM(cudaStream_t stream, const Plan& p) {
-  if (p.m <= 1) return Launch<Tag, OutT, 1, kNorm, kGated>(stream, p);
-  if (p.m <= 2) return Launch<Tag, OutT, 2, kNorm, kGated>(stream, p);
-  if (p.m <= 4) return Launch<Tag, OutT, 4, kNorm, kGated>(stream, p);
-  if (p.m <= 8) return Launch<Tag, OutT, 8, kNorm, kGated>(stream, p);
-  return Launch<Tag, OutT, 16, kNorm, kGated>(stream, p);
+  if (p.m <= 1) return LaunchK<Tag, OutT, 1, kNorm, kGated>(stream, p);
+  if (p.m <= 2) return LaunchK<Tag, OutT, 2, kNorm, kGated>(stream, p);
+  if (p.m <= 4) return LaunchK<Tag, OutT, 4, kNorm, kGated>(stream, p);
+  if (p.m <= 8) return LaunchK<Tag, OutT, 8, kNorm, kGated>(stream, p);
+  return LaunchK<Tag, OutT, 16, kNorm, kGated>(stream, p);
 }
 
 template <typename Tag>
@@ -334,7 +293,6 @@ ffi::Error GemvDispatch(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer w,
   }
   if (p.m < 1 || p.m > 16) return Bad("M must be 1..16 on the GPU, got " + std::to_string(p.m));
   if (p.k % 8) return Bad("K must be a multiple of 8, got " + std::to_string(p.k));
-  if (p.m * p.k * 2 > 200 * 1024) return Bad("M*K too large for the staged x (<= 200 KiB)");
   switch (p.dtype) {
     case ffi::DataType::BF16:
       return LaunchTag<Bf16Tag>(stream, p);

@@ -20,9 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 ACTIVATIONS = {"silu": 0, "relu": 1, "gelu": 2, "gelu_new": 3, "gelu_pytorch_tanh": 3}
-#: Largest M the CUDA handler takes, and its budget for the staged x (M * K * 2 bytes).
+#: Largest M (rows of x) the CUDA handler takes.
 MAX_ROWS = 16
-MAX_STAGED_BYTES = 200 * 1024
 _EMPTY = np.zeros((0,), np.float32)
 
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from ..config import EngineConfig, ModelConfig
 from ..ffi.decode_attention import decode_attention, decode_attention_ref
-from ..ffi.gemv import ACTIVATIONS, MAX_ROWS, MAX_STAGED_BYTES, gemv, gemv_ref
+from ..ffi.gemv import ACTIVATIONS, MAX_ROWS, gemv, gemv_ref
 from .llama import Params
 
 
@@ -31,7 +31,7 @@ def kernel_support(cfg: EngineConfig, batch: int, platform: str) -> str | None:
 
     The CPU handlers take any float dtype; the CUDA handlers need 16-bit weights and caches in
     one dtype, head_dim a multiple of 8 up to 256, at most 8 query heads per kv head, at most 16
-    rows, and each GEMV's staged input (rows x K x 2 bytes) within 200 KiB.
+    rows, and projection widths that are multiples of 8 (16-byte loads).
     """
     m = cfg.model
     if m.hidden_act not in ACTIVATIONS:
@@ -48,11 +48,8 @@ def kernel_support(cfg: EngineConfig, batch: int, platform: str) -> str | None:
         return "more than 8 query heads per kv head"
     if batch > MAX_ROWS:
         return f"batch={batch} (expected <= {MAX_ROWS})"
-    widest = max(m.hidden_size, m.q_size, m.intermediate_size)
     if any(k % 8 for k in (m.hidden_size, m.q_size, m.intermediate_size)):
         return "a projection's input width is not a multiple of 8"
-    if batch * widest * 2 > MAX_STAGED_BYTES:
-        return f"batch x widest input ({batch} x {widest}) exceeds the staged-input budget"
     return None
 
 
