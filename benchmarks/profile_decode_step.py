@@ -18,7 +18,8 @@ import sys
 
 
 def summarize(path: str, last: int) -> None:
-    rows = [r for r in csv.reader(open(path)) if len(r) > 10]
+    with open(path) as fh:
+        rows = [r for r in csv.reader(fh) if len(r) > 10]
     head = rows[0]
     name_i, val_i = head.index("Kernel Name"), head.index("Metric Value")
     kernels = [(r[name_i], float(r[val_i].replace(",", ""))) for r in rows[1:]]
