@@ -56,8 +56,9 @@ def _groups(arrays: list) -> list[slice]:
     return [slice(i, i + MAX_BATCHED_LAYERS) for i in range(0, len(arrays), MAX_BATCHED_LAYERS)]
 
 
-@functools.partial(jax.jit, static_argnames=("row", "length"))
-def _save(state: RuntimeState, row: int, length: int) -> list[jax.Array]:
+# Static: length (the saved arrays' shape). Dynamic: the row, a buffer (one executable per length).
+@functools.partial(jax.jit, static_argnames=("length",))
+def _save(state: RuntimeState, row: jax.Array, length: int) -> list[jax.Array]:
     layers = [*state.kv.k, *state.kv.v]
     out: list[jax.Array] = []
     for g in _groups(layers):  # one kernel launch per group of up to MAX_BATCHED_LAYERS arrays
@@ -86,13 +87,16 @@ def save_prefix(state: RuntimeState, row: int, tokens: Sequence[int]) -> PrefixC
             f"save_prefix: len(tokens)={len(tokens)} (expected 1..{held}, the tokens row {row} "
             "holds)"
         )
-    saved = _save(state, row, len(tokens))
+    saved = _save(state, np.int32(row), len(tokens))
     n = len(state.kv.k)
     return PrefixCache(k=tuple(saved[:n]), v=tuple(saved[n:]), tokens=tokens)
 
 
-@functools.partial(jax.jit, static_argnames=("row",), donate_argnames=("state",), keep_unused=True)
-def _restore(state: RuntimeState, prefix: PrefixCache, row: int, used: int) -> RuntimeState:
+# Dynamic: row and used (buffers: one executable per prefix length serves every row).
+@functools.partial(jax.jit, donate_argnames=("state",), keep_unused=True)
+def _restore(
+    state: RuntimeState, prefix: PrefixCache, row: jax.Array, used: jax.Array
+) -> RuntimeState:
     layers = [*state.kv.k, *state.kv.v]
     saved = [*prefix.k, *prefix.v]
     out: list[jax.Array] = []
@@ -132,7 +136,7 @@ def restore_prefix(
         )
     lengths = host.recall(state.kv.lengths)
     lengths[row] = used
-    new = _restore(state, prefix, row, np.int32(used))
+    new = _restore(state, prefix, np.int32(row), np.int32(used))
     host.remember(new.kv.lengths, lengths)
     return new
 
