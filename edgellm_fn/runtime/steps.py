@@ -101,10 +101,16 @@ def decode_step(
     lengths = state.kv.lengths
     # A computed value (not the lengths buffer itself): it lives in io.start_index's buffer.
     start = jnp.minimum(lengths, engine.config.kv_capacity - 1)
-    embeds = state.io.inputs_embeds if inputs_embeds is None else inputs_embeds
+    embeds = state.io.inputs_embeds
+    if inputs_embeds is not None:
+        # A select XLA cannot fold away (lengths >= 0 always holds): the step's embeddings are a
+        # computed value, so they live in io.inputs_embeds' buffer, never at an argument's
+        # address (a passed-through argument would be bound where the caller allocated it).
+        keep = (lengths >= 0)[:, None, None]
+        embeds = jnp.where(keep, inputs_embeds.astype(embeds.dtype), embeds)
     io = dataclasses.replace(
         state.io,
-        inputs_embeds=embeds.astype(state.io.inputs_embeds.dtype),
+        inputs_embeds=embeds,
         start_index=start,
         context_lengths=start + 1,
         last_token_ids=jnp.zeros((b, 1), jnp.int32),

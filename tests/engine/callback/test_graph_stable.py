@@ -116,22 +116,23 @@ def engines(checkpoints, tmp_path_factory):
     return plain, graphed, executor
 
 
-def _decode_run(engine):
+def _decode_run(engine, embeds: bool = False):
     state = create_state(engine.config, 2)
     state = prefill(engine, state, embed(engine, prompt_ids()), jnp.asarray([8, 5]))
     logits = []
     for _ in range(STEPS):
         token = jnp.argmax(state.io.logits, axis=-1).astype(jnp.int32)
-        state = decode(engine, state, token)
+        state = decode(engine, state, embed(engine, token[:, None]) if embeds else token)
         # A device copy: a zero-copy numpy view of a CPU buffer would block its donation.
         logits.append(jnp.copy(state.io.logits))
     return np.stack([np.asarray(x) for x in logits])
 
 
-def test_32_decode_steps_bind_one_snapshot_and_replay(engines):
+@pytest.mark.parametrize("embeds", [False, True], ids=["token_ids", "inputs_embeds"])
+def test_32_decode_steps_bind_one_snapshot_and_replay(engines, embeds):
     plain, graphed, executor = engines
     executor.reset()
-    got = _decode_run(graphed)
+    got = _decode_run(graphed, embeds)
     snaps = executor.decode_snapshots()
     assert len(snaps) == STEPS
     moved = [b.name for b in snaps[0].bindings if b not in snaps[-1].bindings]
@@ -173,3 +174,26 @@ def test_a_new_state_is_a_new_snapshot(engines):
     # Each state binds its own buffers (a miss, then hits); equal snapshots share a graph.
     stats = executor.graphs.stats
     assert stats.hits + stats.misses == 6 and stats.hits >= 4
+
+
+@pytest.mark.parametrize("loop", ["while", "python"])
+def test_a_row_finished_at_capacity_never_writes_out_of_range(engines, loop):
+    """Row 0 fills the cache exactly (48 slots) while row 1 keeps going: onnxruntime's
+    TensorScatter raises on a slot index >= capacity, so a finished row must not write there."""
+    from edgellm_fn.runtime import loops
+    from edgellm_fn.runtime.sampling import make_sampling_params
+
+    plain = engines[0]
+    cfg = plain.config
+    ids = np.full((2, 16), 7, np.int32)
+    lengths = np.array([16, 2])
+    state = prefill(plain, create_state(cfg, 2), embed(plain, ids), jnp.asarray(lengths))
+    limits = loops.token_limits(plain, lengths, 40)
+    np.testing.assert_array_equal(limits, [33, 40])  # row 0 ends holding 16 + 32 = 48 = capacity
+    config, params = make_sampling_params(2, vocab_size=cfg.model.vocab_size, top_k=1)
+    run = loops.decode_while if loop == "while" else loops.decode_python
+    state, res = run(
+        plain, state, config, params, jax.random.PRNGKey(0), limits, eos_ids=(), max_new_tokens=40
+    )
+    np.testing.assert_array_equal(np.asarray(res.num_tokens), [33, 40])
+    np.testing.assert_array_equal(np.asarray(state.kv.lengths), [48, 41])
