@@ -348,7 +348,7 @@ def make_sampling_params(
     where = "make_sampling_params"
     _check_int(where, "batch_size", batch_size, 1, None)
     _check_int(where, "vocab_size", vocab_size, 1, None)
-    ks = _per_row_int(where, "top_k", top_k, batch_size, MAX_TOP_K_VALUE)
+    ks = _per_row_int(where, "top_k", top_k, batch_size, None)
     nlp = _per_row_int(where, "num_logprobs", num_logprobs, batch_size, MAX_NUM_LOGPROBS)
     temps = _per_row("temperature", temperature, batch_size)
     for b, t in enumerate(temps):
@@ -378,7 +378,8 @@ def make_sampling_params(
         values[b, : len(row)] = list(row.values())
     params = SamplingParams(
         temperature=jnp.asarray(np.asarray(temps, np.float32)),
-        top_k=jnp.asarray(np.asarray(ks, np.int32)),
+        # Any top_k >= V keeps every id, so clamping huge values into int32 changes nothing.
+        top_k=jnp.asarray(np.minimum(ks, np.iinfo(np.int32).max).astype(np.int32)),
         top_p=jnp.asarray(np.asarray(ps, np.float32)),
         bias_ids=jnp.asarray(ids),
         bias_values=jnp.asarray(values),
@@ -386,11 +387,7 @@ def make_sampling_params(
     return config, params
 
 
-#: top_k values above this are rejected (they would not fit int32 arithmetic comfortably).
-MAX_TOP_K_VALUE = 1 << 30
-
-
-def _per_row_int(where: str, name: str, value, batch: int, high: int) -> list[int]:
+def _per_row_int(where: str, name: str, value, batch: int, high: int | None) -> list[int]:
     values = list(value) if isinstance(value, Sequence | np.ndarray) else [value] * batch
     if len(values) != batch:
         raise InputError(
@@ -398,7 +395,7 @@ def _per_row_int(where: str, name: str, value, batch: int, high: int) -> list[in
             "pass one value for all rows or one per row"
         )
     for v in values:
-        _check_int(where, name, v, 0, None if high == MAX_TOP_K_VALUE else high)
+        _check_int(where, name, v, 0, high)
     return [int(v) for v in values]
 
 
