@@ -22,6 +22,7 @@ from .runtime.generate import generate as generate
 from .runtime.loops import decode_python as decode_python
 from .runtime.loops import decode_while as decode_while
 from .runtime.loops import token_limits as token_limits
+from .runtime.prompts import pad_prompts as pad_prompts
 from .runtime.sampling import SamplingConfig as SamplingConfig
 from .runtime.sampling import SamplingParams as SamplingParams
 from .runtime.sampling import make_sampling_params as make_sampling_params
@@ -66,6 +67,7 @@ __all__ = [
     "load_checkpoint",
     "load_engine",
     "make_sampling_params",
+    "pad_prompts",
     "prefill",
     "prefill_dims",
     "sample",

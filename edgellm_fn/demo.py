@@ -6,13 +6,13 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 from rich.console import Console
 from rich.text import Text
 
 from .engine.loading import load_engine
 from .runtime import steps
 from .runtime.generate import generate
+from .runtime.prompts import pad_prompts
 from .state.resources import create_state
 from .text.tokenizer import Tokenizer
 
@@ -77,10 +77,7 @@ def run_demo(model: str | None = None, max_new_tokens: int = 64) -> int:
 
 def _show_addresses(console: Console, engine, prompts: list[list[int]]) -> None:
     """Prints a few state buffers' device addresses across decode steps: they never move."""
-    lengths = np.array([len(p) for p in prompts])
-    ids = np.zeros((len(prompts), int(lengths.max())), np.int32)
-    for r, p in enumerate(prompts):
-        ids[r, : len(p)] = p
+    ids, lengths = pad_prompts(prompts)
     state = create_state(engine.config, len(prompts))
     state = steps.prefill(engine, state, steps.embed(engine, ids), lengths)
     named = lambda s: {  # noqa: E731
@@ -90,7 +87,7 @@ def _show_addresses(console: Console, engine, prompts: list[list[int]]) -> None:
         "io.logits": s.io.logits,
     }
     before = {k: v.unsafe_buffer_pointer() for k, v in named(state).items()}
-    token = steps.embed(engine, ids[:, :1])
+    token = ids[:, 0]
     for _ in range(8):
         state = steps.decode(engine, state, token)
     after = {k: v.unsafe_buffer_pointer() for k, v in named(state).items()}

@@ -20,11 +20,19 @@ namespace {
 // dtype (the copy is bit-exact, so bf16 and f16 share uint16_t).
 template <typename T>
 ffi::Error CopyKvRowsImpl(const CopyTable& t) {
+  const int32_t row = *t.batch_idx;  // host memory on CPU
+  for (int l = 0; l < t.num_layers; ++l) {  // check every layer before copying anything
+    if (row < 0 || row >= t.batch[l]) {
+      return ffi::Error::InvalidArgument(
+          "kv cache copy: batch_idx=" + std::to_string(row) + " (expected 0 <= batch_idx < " +
+          std::to_string(t.batch[l]) + " = layers[" + std::to_string(l) + "] batch)");
+    }
+  }
   const size_t row_bytes = static_cast<size_t>(t.seq_len) * t.head_dim * sizeof(T);
   for (int l = 0; l < t.num_layers; ++l) {
     for (int h = 0; h < t.heads[l]; ++h) {
       int64_t cache_off, saved_off;
-      RowOffsets(t, l, h, &cache_off, &saved_off);
+      RowOffsets(t, l, h, row, &cache_off, &saved_off);
       T* cache = static_cast<T*>(t.cache[l]) + cache_off;
       T* saved = static_cast<T*>(t.saved[l]) + saved_off;
       if (t.to_saved) {
@@ -57,35 +65,35 @@ ffi::Error RunPlan(const Plan& p) {
   return CopyKvRowsDispatch(p.dtype, p.table);
 }
 
-ffi::Error SaveKvCacheLayerDispatch(ffi::AnyBuffer cache, ffi::Result<ffi::AnyBuffer> saved,
-                                    int32_t batch_idx, int32_t seq_len) {
+ffi::Error SaveKvCacheLayerDispatch(ffi::AnyBuffer batch_idx, ffi::AnyBuffer cache,
+                                    ffi::Result<ffi::AnyBuffer> saved, int32_t seq_len) {
   Plan p;
-  if (ffi::Error e = PlanSaveLayer(&p, cache, *saved, batch_idx, seq_len); e.failure()) return e;
+  if (ffi::Error e = PlanSaveLayer(&p, batch_idx, cache, *saved, seq_len); e.failure()) return e;
   return RunPlan(p);
 }
 
-ffi::Error InstantiateKvCacheLayerDispatch(ffi::AnyBuffer cache, ffi::AnyBuffer saved,
-                                           ffi::Result<ffi::AnyBuffer> out, int32_t batch_idx) {
+ffi::Error InstantiateKvCacheLayerDispatch(ffi::AnyBuffer batch_idx, ffi::AnyBuffer cache,
+                                           ffi::AnyBuffer saved, ffi::Result<ffi::AnyBuffer> out) {
   Plan p;
-  if (ffi::Error e = PlanInstantiateLayer(&p, cache, saved, *out, batch_idx); e.failure()) {
+  if (ffi::Error e = PlanInstantiateLayer(&p, batch_idx, cache, saved, *out); e.failure()) {
     return e;
   }
   return RunPlan(p);
 }
 
-ffi::Error SaveKvCacheBatchedDispatch(ffi::RemainingArgs layers, ffi::RemainingRets saved,
-                                      int32_t batch_idx, int32_t seq_len) {
+ffi::Error SaveKvCacheBatchedDispatch(ffi::AnyBuffer batch_idx, ffi::RemainingArgs layers,
+                                      ffi::RemainingRets saved, int32_t seq_len) {
   Plan p;
-  if (ffi::Error e = PlanSaveBatched(&p, layers, saved, batch_idx, seq_len); e.failure()) {
+  if (ffi::Error e = PlanSaveBatched(&p, batch_idx, layers, saved, seq_len); e.failure()) {
     return e;
   }
   return RunPlan(p);
 }
 
-ffi::Error InstantiateKvCacheBatchedDispatch(ffi::RemainingArgs args, ffi::RemainingRets outs,
-                                             int32_t batch_idx) {
+ffi::Error InstantiateKvCacheBatchedDispatch(ffi::AnyBuffer batch_idx, ffi::RemainingArgs args,
+                                             ffi::RemainingRets outs) {
   Plan p;
-  if (ffi::Error e = PlanInstantiateBatched(&p, args, outs, batch_idx); e.failure()) return e;
+  if (ffi::Error e = PlanInstantiateBatched(&p, batch_idx, args, outs); e.failure()) return e;
   return RunPlan(p);
 }
 
@@ -121,30 +129,30 @@ using namespace edgellm::kv;  // NOLINT: handler symbols below are extern "C".
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SaveKvCacheLayerCpu, SaveKvCacheLayerDispatch,
                               ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()        // batch_idx
                                   .Arg<ffi::AnyBuffer>()        // cache_layer
                                   .Ret<ffi::AnyBuffer>()        // saved
-                                  .Attr<int32_t>("batch_idx")   // batch_idx
                                   .Attr<int32_t>("seq_len"));   // seq_len
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(InstantiateKvCacheLayerCpu, InstantiateKvCacheLayerDispatch,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()         // cache_layer
-                                  .Arg<ffi::AnyBuffer>()         // saved
-                                  .Ret<ffi::AnyBuffer>()         // cache_layer (aliased)
-                                  .Attr<int32_t>("batch_idx"));  // batch_idx
+                                  .Arg<ffi::AnyBuffer>()    // batch_idx
+                                  .Arg<ffi::AnyBuffer>()    // cache_layer
+                                  .Arg<ffi::AnyBuffer>()    // saved
+                                  .Ret<ffi::AnyBuffer>());  // cache_layer (aliased)
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SaveKvCacheBatchedCpu, SaveKvCacheBatchedDispatch,
                               ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()       // batch_idx
                                   .RemainingArgs()             // layers
                                   .RemainingRets()             // saved
-                                  .Attr<int32_t>("batch_idx")  // batch_idx
                                   .Attr<int32_t>("seq_len"));  // seq_len
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(InstantiateKvCacheBatchedCpu, InstantiateKvCacheBatchedDispatch,
                               ffi::Ffi::Bind()
-                                  .RemainingArgs()               // layers, then saved
-                                  .RemainingRets()               // layers (aliased)
-                                  .Attr<int32_t>("batch_idx"));  // batch_idx
+                                  .Arg<ffi::AnyBuffer>()  // batch_idx
+                                  .RemainingArgs()        // layers, then saved
+                                  .RemainingRets());      // layers (aliased)
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IncrementLengthsCpu, IncrementLengthsDispatch,
                               ffi::Ffi::Bind()

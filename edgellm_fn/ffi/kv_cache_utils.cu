@@ -29,13 +29,14 @@ __global__ void CopyKvRowsKernel(const __grid_constant__ CopyTable t) {
   const int layer = blockIdx.z;
   const int head = blockIdx.y;
   if (layer >= t.num_layers || head >= t.heads[layer]) return;
-  // The host already rejected these; the kernel never writes out of bounds.
-  if (t.batch_idx < 0 || t.batch_idx >= t.batch[layer] || t.seq_len < 1 ||
-      t.seq_len > t.cap[layer]) {
+  // The row is a device buffer (one graph serves every row). The Python wrapper checks a
+  // concrete row; a traced one out of range copies nothing: never an out-of-bounds access.
+  const int32_t row = *t.batch_idx;
+  if (row < 0 || row >= t.batch[layer] || t.seq_len < 1 || t.seq_len > t.cap[layer]) {
     return;
   }
   int64_t cache_off, saved_off;
-  RowOffsets(t, layer, head, &cache_off, &saved_off);
+  RowOffsets(t, layer, head, row, &cache_off, &saved_off);
   T* cache = static_cast<T*>(t.cache[layer]) + cache_off;
   T* saved = static_cast<T*>(t.saved[layer]) + saved_off;
   const T* src = t.to_saved ? cache : saved;
@@ -95,38 +96,38 @@ ffi::Error RunPlan(cudaStream_t stream, const Plan& p) {
   return CopyKvRowsDispatch(stream, p.dtype, p.table);
 }
 
-ffi::Error SaveKvCacheLayerDispatch(cudaStream_t stream, ffi::AnyBuffer cache,
-                                    ffi::Result<ffi::AnyBuffer> saved, int32_t batch_idx,
+ffi::Error SaveKvCacheLayerDispatch(cudaStream_t stream, ffi::AnyBuffer batch_idx,
+                                    ffi::AnyBuffer cache, ffi::Result<ffi::AnyBuffer> saved,
                                     int32_t seq_len) {
   Plan p;
-  if (ffi::Error e = PlanSaveLayer(&p, cache, *saved, batch_idx, seq_len); e.failure()) return e;
+  if (ffi::Error e = PlanSaveLayer(&p, batch_idx, cache, *saved, seq_len); e.failure()) return e;
   return RunPlan(stream, p);
 }
 
-ffi::Error InstantiateKvCacheLayerDispatch(cudaStream_t stream, ffi::AnyBuffer cache,
-                                           ffi::AnyBuffer saved, ffi::Result<ffi::AnyBuffer> out,
-                                           int32_t batch_idx) {
+ffi::Error InstantiateKvCacheLayerDispatch(cudaStream_t stream, ffi::AnyBuffer batch_idx,
+                                           ffi::AnyBuffer cache, ffi::AnyBuffer saved,
+                                           ffi::Result<ffi::AnyBuffer> out) {
   Plan p;
-  if (ffi::Error e = PlanInstantiateLayer(&p, cache, saved, *out, batch_idx); e.failure()) {
+  if (ffi::Error e = PlanInstantiateLayer(&p, batch_idx, cache, saved, *out); e.failure()) {
     return e;
   }
   return RunPlan(stream, p);
 }
 
-ffi::Error SaveKvCacheBatchedDispatch(cudaStream_t stream, ffi::RemainingArgs layers,
-                                      ffi::RemainingRets saved, int32_t batch_idx,
+ffi::Error SaveKvCacheBatchedDispatch(cudaStream_t stream, ffi::AnyBuffer batch_idx,
+                                      ffi::RemainingArgs layers, ffi::RemainingRets saved,
                                       int32_t seq_len) {
   Plan p;
-  if (ffi::Error e = PlanSaveBatched(&p, layers, saved, batch_idx, seq_len); e.failure()) {
+  if (ffi::Error e = PlanSaveBatched(&p, batch_idx, layers, saved, seq_len); e.failure()) {
     return e;
   }
   return RunPlan(stream, p);
 }
 
-ffi::Error InstantiateKvCacheBatchedDispatch(cudaStream_t stream, ffi::RemainingArgs args,
-                                             ffi::RemainingRets outs, int32_t batch_idx) {
+ffi::Error InstantiateKvCacheBatchedDispatch(cudaStream_t stream, ffi::AnyBuffer batch_idx,
+                                             ffi::RemainingArgs args, ffi::RemainingRets outs) {
   Plan p;
-  if (ffi::Error e = PlanInstantiateBatched(&p, args, outs, batch_idx); e.failure()) return e;
+  if (ffi::Error e = PlanInstantiateBatched(&p, batch_idx, args, outs); e.failure()) return e;
   return RunPlan(stream, p);
 }
 
@@ -178,36 +179,36 @@ using namespace edgellm::kv;  // NOLINT: handler symbols below are extern "C".
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SaveKvCacheLayerCuda, SaveKvCacheLayerDispatch,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Arg<ffi::AnyBuffer>()       // batch_idx
                                   .Arg<ffi::AnyBuffer>()       // cache_layer
                                   .Ret<ffi::AnyBuffer>()       // saved
-                                  .Attr<int32_t>("batch_idx")  // batch_idx
                                   .Attr<int32_t>("seq_len"),   // seq_len
                               {ffi::Traits::kCmdBufferCompatible});
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(InstantiateKvCacheLayerCuda, InstantiateKvCacheLayerDispatch,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Arg<ffi::AnyBuffer>()        // cache_layer
-                                  .Arg<ffi::AnyBuffer>()        // saved
-                                  .Ret<ffi::AnyBuffer>()        // cache_layer (aliased)
-                                  .Attr<int32_t>("batch_idx"),  // batch_idx
+                                  .Arg<ffi::AnyBuffer>()   // batch_idx
+                                  .Arg<ffi::AnyBuffer>()   // cache_layer
+                                  .Arg<ffi::AnyBuffer>()   // saved
+                                  .Ret<ffi::AnyBuffer>(),  // cache_layer (aliased)
                               {ffi::Traits::kCmdBufferCompatible});
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SaveKvCacheBatchedCuda, SaveKvCacheBatchedDispatch,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Arg<ffi::AnyBuffer>()       // batch_idx
                                   .RemainingArgs()             // layers
                                   .RemainingRets()             // saved
-                                  .Attr<int32_t>("batch_idx")  // batch_idx
                                   .Attr<int32_t>("seq_len"),   // seq_len
                               {ffi::Traits::kCmdBufferCompatible});
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(InstantiateKvCacheBatchedCuda, InstantiateKvCacheBatchedDispatch,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .RemainingArgs()              // layers, then saved
-                                  .RemainingRets()              // layers (aliased)
-                                  .Attr<int32_t>("batch_idx"),  // batch_idx
+                                  .Arg<ffi::AnyBuffer>()  // batch_idx
+                                  .RemainingArgs()        // layers, then saved
+                                  .RemainingRets(),       // layers (aliased)
                               {ffi::Traits::kCmdBufferCompatible});
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IncrementLengthsCuda, IncrementLengthsDispatch,

@@ -38,7 +38,9 @@ struct CopyTable {
   int32_t num_layers;
   int32_t max_heads;
   int32_t head_dim;
-  int32_t batch_idx;
+  // Row to copy: a buffer (host memory for the CPU handler, device memory for the CUDA one),
+  // so one executable serves every row; each handler checks it where it can read it.
+  const int32_t* batch_idx;
   int32_t seq_len;
   int32_t to_saved;  // 1: cache -> saved (save); 0: saved -> cache (instantiate)
 };
@@ -81,12 +83,6 @@ inline ffi::Error AddLayer(CopyTable* t, const char* op, size_t i, const ffi::An
                                        " head dim or seq_len differs from layer 0 (expected "
                                        "one D and one seq_len for all layers)");
   }
-  if (t->batch_idx < 0 || t->batch_idx >= c[0]) {
-    return ffi::Error::InvalidArgument(Where(op, "cache", i) + ": batch_idx=" +
-                                       std::to_string(t->batch_idx) +
-                                       " (expected 0 <= batch_idx < " + std::to_string(c[0]) +
-                                       ")");
-  }
   if (seq_len < 1 || seq_len > c[2]) {
     return ffi::Error::InvalidArgument(Where(op, "cache", i) + ": seq_len=" +
                                        std::to_string(seq_len) + " (expected 1 <= seq_len <= " +
@@ -114,7 +110,16 @@ struct Plan {
   size_t unaliased_bytes[kMaxLayers];
 };
 
-inline void StartPlan(Plan* p, int32_t batch_idx, bool to_saved) {
+// The row index is a scalar int32 buffer.
+inline ffi::Error CheckBatchIdx(const char* op, const ffi::AnyBuffer& batch_idx) {
+  if (batch_idx.element_type() != ffi::DataType::S32 || batch_idx.element_count() != 1) {
+    return ffi::Error::InvalidArgument(std::string(op) +
+                                       ": batch_idx must be an int32 scalar buffer");
+  }
+  return ffi::Error::Success();
+}
+
+inline void StartPlan(Plan* p, const int32_t* batch_idx, bool to_saved) {
   p->table = CopyTable{};
   p->table.batch_idx = batch_idx;
   p->table.to_saved = to_saved ? 1 : 0;
@@ -150,10 +155,12 @@ inline ffi::Error AddInstantiateLayer(Plan* p, const char* op, size_t i,
   return ffi::Error::Success();
 }
 
-inline ffi::Error PlanSaveLayer(Plan* p, const ffi::AnyBuffer& cache, ffi::AnyBuffer saved,
-                                int32_t batch_idx, int32_t seq_len) {
+inline ffi::Error PlanSaveLayer(Plan* p, const ffi::AnyBuffer& batch_idx,
+                                const ffi::AnyBuffer& cache, ffi::AnyBuffer saved,
+                                int32_t seq_len) {
   const char* op = "save_kv_cache_layer";
-  StartPlan(p, batch_idx, /*to_saved=*/true);
+  if (ffi::Error e = CheckBatchIdx(op, batch_idx); e.failure()) return e;
+  StartPlan(p, static_cast<const int32_t*>(batch_idx.untyped_data()), /*to_saved=*/true);
   p->dtype = cache.element_type();
   if (ffi::Error e = AddLayer(&p->table, op, 0, cache, cache.untyped_data(), saved, p->dtype);
       e.failure()) {
@@ -162,22 +169,25 @@ inline ffi::Error PlanSaveLayer(Plan* p, const ffi::AnyBuffer& cache, ffi::AnyBu
   return CheckSeqLenAttr(op, *p, seq_len);
 }
 
-inline ffi::Error PlanInstantiateLayer(Plan* p, const ffi::AnyBuffer& cache,
-                                       const ffi::AnyBuffer& saved, ffi::AnyBuffer out,
-                                       int32_t batch_idx) {
-  StartPlan(p, batch_idx, /*to_saved=*/false);
-  return AddInstantiateLayer(p, "instantiate_kv_cache_layer", 0, cache, saved, out);
+inline ffi::Error PlanInstantiateLayer(Plan* p, const ffi::AnyBuffer& batch_idx,
+                                       const ffi::AnyBuffer& cache, const ffi::AnyBuffer& saved,
+                                       ffi::AnyBuffer out) {
+  const char* op = "instantiate_kv_cache_layer";
+  if (ffi::Error e = CheckBatchIdx(op, batch_idx); e.failure()) return e;
+  StartPlan(p, static_cast<const int32_t*>(batch_idx.untyped_data()), /*to_saved=*/false);
+  return AddInstantiateLayer(p, op, 0, cache, saved, out);
 }
 
-inline ffi::Error PlanSaveBatched(Plan* p, const ffi::RemainingArgs& layers,
-                                  const ffi::RemainingRets& saved, int32_t batch_idx,
-                                  int32_t seq_len) {
+inline ffi::Error PlanSaveBatched(Plan* p, const ffi::AnyBuffer& batch_idx,
+                                  const ffi::RemainingArgs& layers,
+                                  const ffi::RemainingRets& saved, int32_t seq_len) {
   const char* op = "save_kv_cache_batched";
+  if (ffi::Error e = CheckBatchIdx(op, batch_idx); e.failure()) return e;
   if (layers.size() == 0 || layers.size() != saved.size()) {
     return ffi::Error::InvalidArgument(std::string(op) +
                                        ": expected one saved result per cache layer (>= 1)");
   }
-  StartPlan(p, batch_idx, /*to_saved=*/true);
+  StartPlan(p, static_cast<const int32_t*>(batch_idx.untyped_data()), /*to_saved=*/true);
   for (size_t i = 0; i < layers.size(); ++i) {
     auto cache = layers.get<ffi::AnyBuffer>(i);
     if (cache.has_error()) return cache.error();
@@ -193,15 +203,17 @@ inline ffi::Error PlanSaveBatched(Plan* p, const ffi::RemainingArgs& layers,
 }
 
 // args = layers[0..n) then saved[0..n); outs[i] aliases layers[i].
-inline ffi::Error PlanInstantiateBatched(Plan* p, const ffi::RemainingArgs& args,
-                                         const ffi::RemainingRets& outs, int32_t batch_idx) {
+inline ffi::Error PlanInstantiateBatched(Plan* p, const ffi::AnyBuffer& batch_idx,
+                                         const ffi::RemainingArgs& args,
+                                         const ffi::RemainingRets& outs) {
   const char* op = "instantiate_kv_cache_batched";
+  if (ffi::Error e = CheckBatchIdx(op, batch_idx); e.failure()) return e;
   const size_t n = outs.size();
   if (n == 0 || args.size() != 2 * n) {
     return ffi::Error::InvalidArgument(std::string(op) +
                                        ": expected n cache layers, n saved arrays, n results");
   }
-  StartPlan(p, batch_idx, /*to_saved=*/false);
+  StartPlan(p, static_cast<const int32_t*>(batch_idx.untyped_data()), /*to_saved=*/false);
   for (size_t i = 0; i < n; ++i) {
     auto cache = args.get<ffi::AnyBuffer>(i);
     if (cache.has_error()) return cache.error();
@@ -231,14 +243,15 @@ inline ffi::Error CheckIncrement(const ffi::AnyBuffer& lengths, const ffi::AnyBu
   return ffi::Error::Success();
 }
 
-// Element offsets of row (batch_idx, head) in a layer's cache and saved array.
+// Element offsets of row (row, head) in a layer's cache and saved array; `row` is the value
+// the handler read from t.batch_idx and checked against t.batch[layer].
 #if defined(__CUDACC__)
 __host__ __device__
 #endif
-inline void RowOffsets(const CopyTable& t, int layer, int head, int64_t* cache_off,
+inline void RowOffsets(const CopyTable& t, int layer, int head, int32_t row, int64_t* cache_off,
                        int64_t* saved_off) {
   const int64_t d = t.head_dim;
-  *cache_off = (static_cast<int64_t>(t.batch_idx) * t.heads[layer] + head) * t.cap[layer] * d;
+  *cache_off = (static_cast<int64_t>(row) * t.heads[layer] + head) * t.cap[layer] * d;
   *saved_off = static_cast<int64_t>(head) * t.seq_len * d;
 }
 

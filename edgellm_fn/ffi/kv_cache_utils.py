@@ -10,10 +10,13 @@ saved (same head):    | t0 t1 ... t(L-1) |                            L = seq_le
 ```
 
 `save_*` copies row `batch_idx`'s first `seq_len` positions out; `instantiate_*` writes them back
-into a row in place (the cache is aliased to the result: donate it to keep its buffer). Row and
-length are static Python ints (they size the kernel's work; changing them recompiles); they are
-checked here before anything runs. The batched variants copy many arrays (k and v of every layer,
-per-layer Hkv may differ, one D) in a single kernel launch.
+into a row in place (the cache is aliased to the result: donate it to keep its buffer).
+The row `batch_idx` is a BUFFER (DESIGN section 5: values that change per step are buffers): a
+Python int (checked here before anything runs) or an int32 scalar array, traced or not, so one
+executable serves every row. A traced row must be in range: the CPU handler then returns an
+error, the CUDA kernel copies nothing, the `_ref` clamps (save) or drops (instantiate). The saved
+length `seq_len` stays a static int: it is the saved array's shape. The batched variants copy
+many arrays (k and v of every layer, per-layer Hkv may differ, one D) in a single kernel launch.
 """
 
 from __future__ import annotations
@@ -56,8 +59,25 @@ def _check_cache(op: str, name: str, x: object) -> tuple[int, int, int, int]:
     return tuple(int(d) for d in shape)  # type: ignore[return-value]
 
 
-def _check_batch_idx(op: str, batch_idx: object, batch: int, name: str = "cache") -> int:
-    b = _static_int(op, "batch_idx", batch_idx)
+def _check_batch_idx(
+    op: str, batch_idx: object, batch: int, name: str = "cache"
+) -> int | jax.Array:
+    """Range-checks a concrete row; returns it, or the int32 scalar array as given."""
+    if isinstance(batch_idx, jax.Array):
+        if batch_idx.shape != () or jnp.dtype(batch_idx.dtype) != _INT32:
+            raise TypeError(
+                f"{op}: batch_idx is {jnp.dtype(batch_idx.dtype)}{list(batch_idx.shape)} "
+                "(expected a Python int or an int32 scalar array); use jnp.int32(row)"
+            )
+        if isinstance(batch_idx, jax.core.Tracer):
+            return batch_idx
+        batch_idx = int(batch_idx)
+    if isinstance(batch_idx, bool) or not isinstance(batch_idx, int | np.integer):
+        raise TypeError(
+            f"{op}: batch_idx={batch_idx!r} (expected a Python int or an int32 scalar array); "
+            "the row is a buffer, so a traced jnp.int32 works too"
+        )
+    b = int(batch_idx)
     if not 0 <= b < batch:
         raise ValueError(
             f"{op}: batch_idx={b} (expected 0 <= batch_idx < {batch} = {name} batch); pass the "
@@ -154,6 +174,11 @@ def _check_instantiate(
     return b, saved_list
 
 
+def _row(b: int | jax.Array) -> jax.Array:
+    """The row as the int32 scalar operand every handler reads (a buffer, not an attribute)."""
+    return jnp.asarray(b, jnp.int32)
+
+
 def _saved_type(x: jax.Array, seq_len: int) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct((x.shape[1], seq_len, x.shape[3]), x.dtype)
 
@@ -163,7 +188,7 @@ def save_kv_cache_layer(cache_layer: jax.Array, batch_idx: int, seq_len: int) ->
 
     Args:
       cache_layer: `[B, Hkv, KVcap, D]` k or v array of one layer.
-      batch_idx: static row, `0 <= batch_idx < B`.
+      batch_idx: row, `0 <= batch_idx < B`: an int or an int32 scalar array (a buffer).
       seq_len: static number of positions, `1 <= seq_len <= KVcap`.
 
     Returns:
@@ -180,7 +205,7 @@ def save_kv_cache_layer(cache_layer: jax.Array, batch_idx: int, seq_len: int) ->
         _saved_type(cache_layer, length),
         vmap_method="sequential",
     )
-    return call(cache_layer, batch_idx=np.int32(b), seq_len=np.int32(length))
+    return call(_row(b), cache_layer, seq_len=np.int32(length))
 
 
 def save_kv_cache_layer_ref(cache_layer: jax.Array, batch_idx: int, seq_len: int) -> jax.Array:
@@ -188,7 +213,7 @@ def save_kv_cache_layer_ref(cache_layer: jax.Array, batch_idx: int, seq_len: int
     op = "save_kv_cache_layer"
     _check_cache(op, "cache_layer", cache_layer)
     b, length = _check_save(op, [cache_layer], batch_idx, seq_len)
-    return cache_layer[b, :, :length, :]
+    return jax.lax.dynamic_index_in_dim(cache_layer, b, 0, keepdims=False)[:, :length, :]
 
 
 def instantiate_kv_cache_layer(
@@ -199,7 +224,7 @@ def instantiate_kv_cache_layer(
     Args:
       cache_layer: `[B, Hkv, KVcap, D]`; aliased to the result (donate it to keep its buffer).
       saved: `[Hkv, L, D]` with `1 <= L <= KVcap`, same dtype.
-      batch_idx: static row, `0 <= batch_idx < B`.
+      batch_idx: row, `0 <= batch_idx < B`: an int or an int32 scalar array (a buffer).
 
     Returns:
       `[B, Hkv, KVcap, D]`: `cache_layer` with `[batch_idx, :, :L, :]` replaced by `saved`.
@@ -214,9 +239,9 @@ def instantiate_kv_cache_layer(
         "edgellm_instantiate_kv_cache_layer",
         jax.ShapeDtypeStruct(cache_layer.shape, cache_layer.dtype),
         vmap_method="sequential",
-        input_output_aliases={0: 0},
+        input_output_aliases={1: 0},
     )
-    return call(cache_layer, saved, batch_idx=np.int32(b))
+    return call(_row(b), cache_layer, saved)
 
 
 def instantiate_kv_cache_layer_ref(
@@ -226,7 +251,7 @@ def instantiate_kv_cache_layer_ref(
     op = "instantiate_kv_cache_layer"
     _check_cache(op, "cache_layer", cache_layer)
     b, _ = _check_instantiate(op, [cache_layer], saved, batch_idx)
-    return cache_layer.at[b, :, : saved.shape[1], :].set(saved)
+    return cache_layer.at[b, :, : saved.shape[1], :].set(saved, mode="drop")
 
 
 def save_kv_cache_batched(
@@ -237,7 +262,7 @@ def save_kv_cache_batched(
     Args:
       layers: `n` arrays `[B_i, Hkv_i, KVcap_i, D]` (e.g. k and v of every layer), one D and
         dtype, `n <= MAX_BATCHED_LAYERS`.
-      batch_idx: static row, valid in every array.
+      batch_idx: row valid in every array: an int or an int32 scalar array (a buffer).
       seq_len: static number of positions, `<= KVcap_i` for every array.
 
     Returns:
@@ -254,7 +279,7 @@ def save_kv_cache_batched(
         [_saved_type(x, length) for x in layers],
         vmap_method="sequential",
     )
-    return list(call(*layers, batch_idx=np.int32(b), seq_len=np.int32(length)))
+    return list(call(_row(b), *layers, seq_len=np.int32(length)))
 
 
 def save_kv_cache_batched_ref(
@@ -264,7 +289,7 @@ def save_kv_cache_batched_ref(
     op = "save_kv_cache_batched"
     layers = _check_layers(op, layers, kernel=False)
     b, length = _check_save(op, layers, batch_idx, seq_len)
-    return [x[b, :, :length, :] for x in layers]
+    return [jax.lax.dynamic_index_in_dim(x, b, 0, keepdims=False)[:, :length, :] for x in layers]
 
 
 def instantiate_kv_cache_batched(
@@ -275,7 +300,7 @@ def instantiate_kv_cache_batched(
     Args:
       layers: `n` arrays `[B_i, Hkv_i, KVcap_i, D]`; `layers[i]` is aliased to result `i`.
       saved: `n` arrays `[Hkv_i, L, D]` (one L), e.g. from `save_kv_cache_batched`.
-      batch_idx: static row, valid in every array.
+      batch_idx: row valid in every array: an int or an int32 scalar array (a buffer).
 
     Returns:
       `n` arrays like `layers`, row `batch_idx`'s first L positions replaced.
@@ -291,9 +316,9 @@ def instantiate_kv_cache_batched(
         "edgellm_instantiate_kv_cache_batched",
         [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in layers],
         vmap_method="sequential",
-        input_output_aliases={i: i for i in range(n)},
+        input_output_aliases={i + 1: i for i in range(n)},
     )
-    return list(call(*layers, *saved_list, batch_idx=np.int32(b)))
+    return list(call(_row(b), *layers, *saved_list))
 
 
 def instantiate_kv_cache_batched_ref(
@@ -303,7 +328,10 @@ def instantiate_kv_cache_batched_ref(
     op = "instantiate_kv_cache_batched"
     layers = _check_layers(op, layers, kernel=False)
     b, saved_list = _check_instantiate(op, layers, saved, batch_idx)
-    return [x.at[b, :, : s.shape[1], :].set(s) for x, s in zip(layers, saved_list, strict=True)]
+    return [
+        x.at[b, :, : s.shape[1], :].set(s, mode="drop")
+        for x, s in zip(layers, saved_list, strict=True)
+    ]
 
 
 def _check_increment(lengths: object, inc: object) -> np.int32 | jax.Array:

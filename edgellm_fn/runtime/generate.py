@@ -10,14 +10,15 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 import jax
-import numpy as np
 
 from ..engine.protocol import Engine
 from ..errors import InputError
 from ..state.resources import create_state
 from ..text.tokenizer import StreamDecoder, Tokenizer, find_stop
 from . import loops, steps
-from .sampling import make_sampling_params
+from .prompts import bucket_length as bucket_length
+from .prompts import pad_prompts
+from .sampling import REQUEST_LIMITS, SamplingConfig, make_sampling_params
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -37,11 +38,6 @@ class Completion:
     finish_reason: str
     logprobs: list[dict] | None
     prompt_tokens: int
-
-
-def bucket_length(n: int, max_input_len: int) -> int:
-    """Pads prompt lengths to powers of two (>= 8) so nearby lengths share a compilation."""
-    return min(max_input_len, max(8, 1 << (n - 1).bit_length()))
 
 
 def eos_ids_of(engine: Engine, tokenizer: Tokenizer | None) -> tuple[int, ...]:
@@ -68,6 +64,7 @@ def generate(
     batch_size: int | None = None,
     loop: str = "python",
     on_text: Callable[[int, str], None] | None = None,
+    sampling: SamplingConfig = REQUEST_LIMITS,
 ) -> list[Completion]:
     """Generates a completion for each tokenized prompt.
 
@@ -84,6 +81,8 @@ def generate(
       batch_size: rows per batch (default and maximum: the engine's max batch size).
       loop: ``"python"`` (streaming, early stop on stop strings) or ``"while"`` (one jit).
       on_text: ``on_text(prompt_index, text_delta)`` while streaming (python loop only).
+      sampling: the fixed sampling limits (static: one compilation serves every request within
+        them); top_k, top_p, temperature, bias and num_logprobs are per-row values.
 
     Raises:
       InputError: empty or too long prompts, bad sampling values, unknown loop.
@@ -127,6 +126,7 @@ def generate(
                 key=jax.random.fold_in(key, start),
                 loop=loop,
                 on_text=None if on_text is None else (lambda r, s, o=start: on_text(o + r, s)),
+                sampling=sampling,
             )
         )
     return out
@@ -148,6 +148,7 @@ def _generate_batch(
     key,
     loop,
     on_text,
+    sampling,
 ) -> list[Completion]:
     b = len(prompts)
     cfg = engine.config
@@ -158,13 +159,12 @@ def _generate_batch(
         top_p=top_p,
         top_k=top_k,
         logit_bias=logit_bias,
-        num_logprobs=max(num_logprobs),
+        num_logprobs=num_logprobs,
+        config=sampling,
     )
-    lengths = np.array([len(p) for p in prompts])
-    ids = np.zeros((b, bucket_length(int(lengths.max()), cfg.max_input_len)), np.int32)
-    for r, p in enumerate(prompts):
-        ids[r, : len(p)] = p
-    state = create_state(cfg, b)
+    longest = max(len(p) for p in prompts)
+    ids, lengths = pad_prompts(prompts, bucket_length(longest, cfg.max_input_len))
+    state = create_state(cfg, b, config)
     state = steps.prefill(engine, state, steps.embed(engine, ids), lengths)
     limits = loops.token_limits(engine, lengths, max_new_tokens)
 

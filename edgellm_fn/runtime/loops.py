@@ -1,8 +1,13 @@
-"""The decode loop, twice: one jitted ``lax.while_loop`` and a Python loop over jitted steps.
+"""The decode loop, twice: one jitted ``lax.while_loop`` and a Python loop over one jitted step.
 
-Both start from a prefilled state (``state.io.logits`` holds each row's next-token logits) and
-draw row ``r``'s token at step ``t`` with the key ``fold_in(fold_in(key, r), t)``, so they produce
-identical tokens for the same inputs, even after the Python loop compacts finished rows away.
+Both start from a prefilled state (``state.io.logits`` holds each row's next-token logits), run
+the same ``loop_step`` (sample -> stop checks -> embed -> engine step, in ONE donated executable)
+and draw row ``r``'s token number ``t`` with the key ``fold_in(fold_in(key, r), t)``, so they
+produce identical tokens for the same inputs.
+
+Finished rows are masked (``state.io.active``), never compacted: the batch keeps its shape, the
+KV cache keeps its buffers, and nothing recompiles when rows finish. ``max_new_tokens`` only
+picks a power-of-two bucket (the result width); per-row limits are dynamic values.
 
 Stop reasons: an EOS id, the row's token limit (``max_new_tokens`` clamped to what the KV cache
 still holds), and, in the Python loop only, a caller's ``should_stop`` (stop strings).
@@ -20,8 +25,7 @@ import numpy as np
 
 from ..engine.protocol import Engine
 from ..errors import InputError
-from ..state.io import PipelineIO
-from ..state.kv import KVCache
+from ..state import host
 from ..state.resources import RuntimeState
 from . import steps
 from .sampling import SampleOutput, SamplingConfig, SamplingParams, sample
@@ -32,7 +36,7 @@ PAD = -1
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DecodeResult:
-    """Generated tokens of every row (``PAD`` after a row stops).
+    """Generated tokens of every row (``PAD`` after a row stops); ``T`` is the step bucket.
 
     Attributes:
       tokens: ``[B, T]`` int32 generated ids.
@@ -51,46 +55,39 @@ class DecodeResult:
     hit_eos: jax.Array
 
 
+def step_bucket(max_new_tokens: int) -> int:
+    """The power of two (>= 8) that sizes the result buffers for ``max_new_tokens``."""
+    return max(8, 1 << (max_new_tokens - 1).bit_length())
+
+
 def token_limits(engine: Engine, prompt_lengths, max_new_tokens: int) -> np.ndarray:
     """``max_new_tokens`` clamped per row to what the KV cache holds (as upstream)."""
     lengths = np.asarray(prompt_lengths, np.int64)
     return np.minimum(max_new_tokens, engine.config.kv_capacity - lengths + 1).astype(np.int32)
 
 
-def sample_step(
-    config: SamplingConfig,
-    params: SamplingParams,
-    logits: jax.Array,
-    key: jax.Array,
-    row_ids: jax.Array,
-    step: jax.Array,
-) -> SampleOutput:
-    """Samples every row with its own key ``fold_in(fold_in(key, row_id), step)``."""
-    keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.fold_in(key, r), step))(row_ids)
-    return sample(config, params, logits, keys)
-
-
-def _sample_packed(config, params, logits, key, row_ids, step) -> tuple[jax.Array, jax.Array]:
-    """``sample_step`` plus everything the host reads, packed into ONE int32 array.
-
-    Returns ``(tokens [B], packed [B, 2 + 2K])``; packed columns: token, token logprob (f32
-    bits), K top ids, K top logprobs (f32 bits). One device-to-host copy per step.
-    """
-    out = sample_step(config, params, logits, key, row_ids, step)
-    bits = functools.partial(jax.lax.bitcast_convert_type, new_dtype=jnp.int32)
-    packed = jnp.concatenate(
-        [
-            out.tokens[:, None],
-            bits(out.token_logprobs)[:, None],
-            out.top_ids,
-            bits(out.top_logprobs),
-        ],
-        axis=1,
+def _begin(
+    state: RuntimeState, params: SamplingParams, key: jax.Array, limits: jax.Array
+) -> RuntimeState:
+    """Writes one request's sampling values, keys and limits into the state's buffers."""
+    b = state.batch
+    key = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    rows = jnp.arange(b, dtype=jnp.int32)
+    io = dataclasses.replace(
+        state.io,
+        sampling=jax.tree_util.tree_map(jnp.copy, params),
+        row_keys=jax.vmap(lambda r: jax.random.fold_in(key, r))(rows).astype(jnp.uint32),
+        limits=limits,
+        active=limits > 0,
+        num_tokens=jnp.zeros((b,), jnp.int32),
+        hit_eos=jnp.zeros((b,), bool),
+        tokens=jnp.full((b,), PAD, jnp.int32),
     )
-    return out.tokens, packed
+    return dataclasses.replace(state, io=io)
 
 
-_sample_packed_jit = jax.jit(_sample_packed, static_argnums=0)
+# Dynamic: everything (the sampling values' widths are shapes: set by the SamplingConfig).
+_begin_jit = jax.jit(_begin, donate_argnames=("state",), keep_unused=True)
 
 
 def _is_eos(tokens: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
@@ -99,64 +96,124 @@ def _is_eos(tokens: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
     return jnp.isin(tokens, jnp.asarray(eos_ids, jnp.int32))
 
 
+def loop_step(
+    engine: Engine,
+    state: RuntimeState,
+    stop: jax.Array,
+    config: SamplingConfig,
+    eos_ids: tuple[int, ...],
+) -> tuple[RuntimeState, SampleOutput, jax.Array]:
+    """Pure body of both loops: sample every live row, apply stops, then one engine step.
+
+    Args:
+      engine: any provider.
+      state: a state after ``_begin``; ``state.io.logits`` are the rows' next-token logits.
+      stop: ``[B]`` bool rows the host stopped (stop strings); they sample nothing.
+      config: static sampling limits.
+      eos_ids: static EOS ids.
+
+    Returns:
+      ``(state, sampled, live)``: ``state.io.tokens`` holds this step's ids (``PAD`` where not
+      live), ``live`` ``[B]`` the rows that produced a token.
+    """
+    io = state.io
+    live = io.active & ~stop
+    keys = jax.vmap(jax.random.fold_in)(io.row_keys, io.num_tokens)
+    out = sample(config, io.sampling, io.logits, keys)
+    tok = jnp.where(live, out.tokens, PAD)
+    count = io.num_tokens + live.astype(jnp.int32)
+    eos = live & _is_eos(tok, eos_ids)
+    active = live & ~eos & (count < io.limits)  # not EOS, and the row's token limit not reached
+    io = dataclasses.replace(
+        io, tokens=tok, active=active, num_tokens=count, hit_eos=io.hit_eos | eos
+    )
+    state = dataclasses.replace(state, io=io)
+    x = steps.embed(engine, jnp.maximum(tok, 0)[:, None])
+    return steps.decode_step(engine, state, x, active=active), out, live
+
+
+def _python_step(
+    engine: Engine,
+    state: RuntimeState,
+    stop: jax.Array,
+    config: SamplingConfig,
+    eos_ids: tuple[int, ...],
+) -> tuple[RuntimeState, jax.Array]:
+    """``loop_step`` plus everything the host reads, packed into ONE int32 array.
+
+    Returns ``(state, packed [B, 3 + 2K])``; packed columns: token (``PAD`` if not live), token
+    logprob (f32 bits), still active, K top ids, K top logprobs (f32 bits).
+    """
+    state, out, _ = loop_step(engine, state, stop, config, eos_ids)
+    bits = functools.partial(jax.lax.bitcast_convert_type, new_dtype=jnp.int32)
+    packed = jnp.concatenate(
+        [
+            state.io.tokens[:, None],
+            bits(out.token_logprobs)[:, None],
+            state.io.active.astype(jnp.int32)[:, None],
+            out.top_ids,
+            bits(out.top_logprobs),
+        ],
+        axis=1,
+    )
+    return state, packed
+
+
+# Static (changing them recompiles): config, eos_ids, the engine config. Dynamic: state, stop.
+python_step_jit = jax.jit(
+    _python_step,
+    static_argnames=("config", "eos_ids"),
+    donate_argnames=("state",),
+    keep_unused=True,
+)
+
+
 def _decode_loop(
     engine: Engine,
     state: RuntimeState,
     config: SamplingConfig,
-    params: SamplingParams,
-    key: jax.Array,
-    limits: jax.Array,
     eos_ids: tuple[int, ...],
-    max_new_tokens: int,
+    num_steps: int,
 ) -> tuple[RuntimeState, DecodeResult]:
-    b, k = state.batch, config.num_logprobs
-    rows = jnp.arange(b, dtype=jnp.int32)
+    b, k = state.batch, min(config.max_num_logprobs, state.io.logits.shape[1])
     result = DecodeResult(
-        tokens=jnp.full((b, max_new_tokens), PAD, jnp.int32),
-        logprobs=jnp.zeros((b, max_new_tokens), jnp.float32),
-        top_ids=jnp.zeros((b, max_new_tokens, k), jnp.int32),
-        top_logprobs=jnp.zeros((b, max_new_tokens, k), jnp.float32),
+        tokens=jnp.full((b, num_steps), PAD, jnp.int32),
+        logprobs=jnp.zeros((b, num_steps), jnp.float32),
+        top_ids=jnp.zeros((b, num_steps, k), jnp.int32),
+        top_logprobs=jnp.zeros((b, num_steps, k), jnp.float32),
         num_tokens=jnp.zeros((b,), jnp.int32),
         hit_eos=jnp.zeros((b,), bool),
     )
-    done = limits <= 0
+    no_stop = jnp.zeros((b,), bool)
 
     def cond(carry):
-        _, _, t, done = carry
-        return (t < max_new_tokens) & ~jnp.all(done)  # step budget left, and a row still running
+        state, _, t = carry
+        return (t < num_steps) & jnp.any(state.io.active)  # buffer left, and a row running
 
     def body(carry):
-        state, res, t, done = carry
-        out = sample_step(config, params, state.io.logits, key, rows, t)
-        live = ~done
-        tok = jnp.where(live, out.tokens, PAD)
-        res = DecodeResult(
-            tokens=res.tokens.at[:, t].set(tok),
+        state, res, t = carry
+        state, out, live = loop_step(engine, state, no_stop, config, eos_ids)
+        res = dataclasses.replace(
+            res,
+            tokens=res.tokens.at[:, t].set(state.io.tokens),
             logprobs=res.logprobs.at[:, t].set(jnp.where(live, out.token_logprobs, 0.0)),
             top_ids=res.top_ids.at[:, t].set(jnp.where(live[:, None], out.top_ids, 0)),
             top_logprobs=res.top_logprobs.at[:, t].set(
                 jnp.where(live[:, None], out.top_logprobs, 0.0)
             ),
-            num_tokens=res.num_tokens + live.astype(jnp.int32),
-            hit_eos=res.hit_eos | (live & _is_eos(tok, eos_ids)),
         )
-        done = done | res.hit_eos | (res.num_tokens >= limits)  # EOS | row's token limit
-        new = steps.decode_step(engine, state, steps.embed(engine, jnp.maximum(tok, 0)[:, None]))
-        # Rows that are done keep their lengths: their extra slot write is past the valid range.
-        lengths = jnp.where(done, state.kv.lengths, new.kv.lengths)
-        new = RuntimeState(
-            io=dataclasses.replace(new.io, context_lengths=lengths),
-            res=dataclasses.replace(new.res, kv=dataclasses.replace(new.kv, lengths=lengths)),
-        )
-        return new, res, t + 1, done
+        return state, res, t + 1
 
-    state, result, _, _ = jax.lax.while_loop(cond, body, (state, result, jnp.int32(0), done))
+    state, result, _ = jax.lax.while_loop(cond, body, (state, result, jnp.int32(0)))
+    result = dataclasses.replace(result, num_tokens=state.io.num_tokens, hit_eos=state.io.hit_eos)
     return state, result
 
 
+# Static (changing them recompiles): config, eos_ids, num_steps (a power-of-two bucket), the
+# engine config. Dynamic: state (incl. sampling values, keys, per-row limits).
 _decode_loop_jit = jax.jit(
     _decode_loop,
-    static_argnames=("config", "eos_ids", "max_new_tokens"),
+    static_argnames=("config", "eos_ids", "num_steps"),
     donate_argnames=("state",),
     keep_unused=True,
 )
@@ -175,41 +232,20 @@ def decode_while(
 ) -> tuple[RuntimeState, DecodeResult]:
     """Generates up to ``max_new_tokens`` per row in ONE jitted ``lax.while_loop``.
 
-    Static (changing them recompiles): ``config``, ``eos_ids``, ``max_new_tokens``, the engine
-    config. Dynamic: ``params``, ``key``, ``limits`` ``[B]`` (from ``token_limits``).
+    Static (changing them recompiles): ``config``, ``eos_ids``, ``step_bucket(max_new_tokens)``,
+    the engine config. Dynamic: ``params``, ``key``, ``limits`` ``[B]`` (from ``token_limits``).
+
+    Returns:
+      The final state (donated input) and a ``DecodeResult`` of width
+      ``T = step_bucket(max_new_tokens)`` (``PAD`` past each row's tokens).
+
+    Raises:
+      InputError: a donated state, bad limits, or limits past the KV capacity (before donation).
     """
-    limits = _check_limits(engine, state, limits, max_new_tokens)
-    return _decode_loop_jit(
-        engine,
-        state,
-        config,
-        params,
-        key,
-        jnp.asarray(limits),
-        eos_ids=tuple(eos_ids),
-        max_new_tokens=max_new_tokens,
-    )
-
-
-@jax.jit
-def _compact(state: RuntimeState, keep: jax.Array) -> RuntimeState:
-    """Keeps rows ``keep`` of every batch-major leaf (upstream's batch eviction)."""
-    kv = state.kv
-    return RuntimeState(
-        io=PipelineIO(
-            logits=state.io.logits[keep],
-            context_lengths=state.io.context_lengths[keep],
-            last_token_ids=state.io.last_token_ids[keep],
-        ),
-        res=dataclasses.replace(
-            state.res,
-            kv=KVCache(
-                k=tuple(x[keep] for x in kv.k),
-                v=tuple(x[keep] for x in kv.v),
-                lengths=kv.lengths[keep],
-            ),
-        ),
-    )
+    state = _start(engine, state, config, params, key, limits, max_new_tokens, "decode_while")
+    eos = tuple(int(e) for e in eos_ids)
+    state, res = _decode_loop_jit(engine, state, config, eos, num_steps=step_bucket(max_new_tokens))
+    return state, res
 
 
 def decode_python(
@@ -225,88 +261,116 @@ def decode_python(
     on_token: Callable[[int, int], None] | None = None,
     should_stop: Callable[[int, int], bool] | None = None,
 ) -> tuple[RuntimeState, DecodeResult]:
-    """Python loop over jitted steps: streams tokens and evicts finished rows by compaction.
+    """Python loop over one jitted step; streams tokens, masks finished rows.
+
+    The host reads each step's packed result with ``copy_to_host_async()`` one step behind, so
+    step ``t + 1`` is already dispatched while step ``t``'s tokens are streamed. A row stopped by
+    ``should_stop`` is masked from the step after next (its one extra token is discarded).
 
     Args:
       on_token: ``on_token(row, token)`` after each token (streaming).
       should_stop: ``should_stop(row, token) -> bool`` for host-side stops (stop strings).
 
     Returns:
-      The final (compacted) state and the same ``DecodeResult`` as ``decode_while`` (numpy).
+      The final state and the same ``DecodeResult`` as ``decode_while`` (numpy, width
+      ``step_bucket(max_new_tokens)``).
+
+    Raises:
+      InputError: as ``decode_while``.
     """
-    limits = _check_limits(engine, state, limits, max_new_tokens)
-    b, k = state.batch, config.num_logprobs
-    tokens = np.full((b, max_new_tokens), PAD, np.int32)
-    logprobs = np.zeros((b, max_new_tokens), np.float32)
-    top_ids = np.zeros((b, max_new_tokens, k), np.int32)
-    top_lp = np.zeros((b, max_new_tokens, k), np.float32)
-    count = np.zeros(b, np.int32)
-    hit_eos = np.zeros(b, bool)
-    eos = set(int(e) for e in eos_ids)
-    active = np.flatnonzero(limits > 0)
-    if active.size < b:
-        state = _compact(state, jnp.asarray(active, jnp.int32))
-        params = jax.tree_util.tree_map(lambda x: x[active], params)
-    for t in range(max_new_tokens):
-        if active.size == 0:
-            break
-        rows = jnp.asarray(active, jnp.int32)
-        next_tokens, packed = _sample_packed_jit(config, params, state.io.logits, key, rows, t)
-        host = np.asarray(packed)  # the step's one device-to-host copy
-        step_tokens = host[:, 0]
-        step_logprobs = host[:, 1].view(np.float32)
-        step_top_ids = host[:, 2 : 2 + k]
-        step_top_lp = host[:, 2 + k :].view(np.float32)
-        keep = []
-        for i, row in enumerate(active):
-            tok = int(step_tokens[i])
-            tokens[row, t], logprobs[row, t] = tok, step_logprobs[i]
-            top_ids[row, t], top_lp[row, t] = step_top_ids[i], step_top_lp[i]
-            count[row] += 1
-            hit_eos[row] = tok in eos
-            if on_token is not None:
-                on_token(int(row), tok)
-            stop = hit_eos[row] or count[row] >= limits[row]
-            if not stop and should_stop is not None:
-                stop = should_stop(int(row), tok)
-            if not stop:
-                keep.append(i)
-        if len(keep) < active.size:
-            if not keep:
-                break
-            idx = np.asarray(keep)
-            state = _compact(state, jnp.asarray(idx, jnp.int32))
-            params = jax.tree_util.tree_map(lambda x, idx=idx: x[idx], params)
-            active, next_tokens = active[idx], next_tokens[idx]
-        # _check_limits proved every live row fits the cache: skip decode()'s per-step host check.
-        state = steps._decode_jit(engine, state, steps.embed(engine, next_tokens[:, None]))
-    result = DecodeResult(
-        tokens=tokens,
-        logprobs=logprobs,
-        top_ids=top_ids,
-        top_logprobs=top_lp,
-        num_tokens=count,
-        hit_eos=hit_eos,
+    state = _start(engine, state, config, params, key, limits, max_new_tokens, "decode_python")
+    limits = np.minimum(np.asarray(limits, np.int32), max_new_tokens)
+    eos_tuple = tuple(int(e) for e in eos_ids)
+    eos = set(eos_tuple)
+    b, k = state.batch, min(config.max_num_logprobs, state.io.logits.shape[1])
+    width = step_bucket(max_new_tokens)
+    res = DecodeResult(
+        tokens=np.full((b, width), PAD, np.int32),
+        logprobs=np.zeros((b, width), np.float32),
+        top_ids=np.zeros((b, width, k), np.int32),
+        top_logprobs=np.zeros((b, width, k), np.float32),
+        num_tokens=np.zeros(b, np.int32),
+        hit_eos=np.zeros(b, bool),
     )
-    return state, result
+    done = limits <= 0  # host view: the row gives no more tokens
+    stopped = np.zeros(b, bool)  # rows the host stopped (sent to the device as `stop`)
+    stop_dev = jax.device_put(stopped)
+    pending = None
+    for t in range(width + 1):
+        if t < width and not done.all():
+            state, packed = python_step_jit(
+                engine, state, stop_dev, config=config, eos_ids=eos_tuple
+            )
+            packed.copy_to_host_async()
+        else:
+            packed = None
+        if pending is not None:  # read step t-1 while step t runs
+            hooks = (eos, on_token, should_stop)
+            if _read_step(pending[0], np.asarray(pending[1]), res, done, stopped, k, hooks):
+                stop_dev = jax.device_put(stopped)
+        if packed is None:
+            break
+        pending = (t, packed)
+    return state, res
 
 
-def _check_limits(engine: Engine, state: RuntimeState, limits, max_new_tokens: int) -> np.ndarray:
+def _read_step(t, host_packed, res, done, stopped, k, hooks) -> bool:
+    """Records step ``t`` on the host; returns True when a row was newly stopped by the host."""
+    eos, on_token, should_stop = hooks
+    newly = False
+    logprobs = host_packed[:, 1].view(np.float32)
+    top_lp = host_packed[:, 3 + k :].view(np.float32)
+    for row in np.flatnonzero(~done):
+        tok = int(host_packed[row, 0])
+        if tok == PAD:  # the device had already finished this row
+            done[row] = True
+            continue
+        res.tokens[row, t], res.logprobs[row, t] = tok, logprobs[row]
+        res.top_ids[row, t], res.top_logprobs[row, t] = host_packed[row, 3 : 3 + k], top_lp[row]
+        res.num_tokens[row] += 1
+        if on_token is not None:
+            on_token(int(row), tok)
+        res.hit_eos[row] = tok in eos
+        if not host_packed[row, 2]:  # EOS or the row's limit, decided on the device
+            done[row] = True
+        elif should_stop is not None and should_stop(int(row), tok):
+            done[row] = stopped[row] = newly = True
+    return newly
+
+
+def _start(engine, state, config, params, key, limits, max_new_tokens, where) -> RuntimeState:
+    """Validates a loop's inputs (before donation) and writes them into the state."""
+    steps.check_live(state, where)
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise InputError(f"decode loop: max_new_tokens={max_new_tokens!r} (expected an int >= 1)")
-    limits = np.asarray(limits, np.int32)
+        raise InputError(f"{where}: max_new_tokens={max_new_tokens!r} (expected an int >= 1)")
+    limits = np.minimum(np.asarray(limits, np.int32), max_new_tokens)
     if limits.shape != (state.batch,):
         raise InputError(
-            f"decode loop: limits has shape {list(limits.shape)} (expected [{state.batch}]); "
+            f"{where}: limits has shape {list(limits.shape)} (expected [{state.batch}]); "
             "use token_limits(engine, prompt_lengths, max_new_tokens)"
         )
-    lengths = np.asarray(jax.device_get(state.kv.lengths))
+    lengths = host.recall(state.kv.lengths)
     over = np.flatnonzero(lengths + limits - 1 > engine.config.kv_capacity)
     if over.size:
         r = int(over[0])
         raise InputError(
-            f"decode loop: row {r} holds {int(lengths[r])} tokens and may generate "
+            f"{where}: row {r} holds {int(lengths[r])} tokens and may generate "
             f"{int(limits[r])} (expected <= kv capacity={engine.config.kv_capacity} in all); "
             "clamp with token_limits()"
         )
-    return limits
+    b, n = state.batch, config.max_bias_entries
+    for name, shape in dict(
+        temperature=(b,), top_k=(b,), top_p=(b,), bias_ids=(b, n), bias_values=(b, n)
+    ).items():
+        if getattr(params, name).shape != shape:
+            raise InputError(
+                f"{where}: params.{name}.shape={getattr(params, name).shape} (expected {shape} "
+                f"from the state's batch and config.max_bias_entries={n}); build both with "
+                "make_sampling_params(batch, config=...)"
+            )
+    want = jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), state.io.sampling)
+    got = jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), params)
+    if got != want:  # other limits than the state was made for: new buffers, once
+        fresh = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), params)
+        state = dataclasses.replace(state, io=dataclasses.replace(state.io, sampling=fresh))
+    return _begin_jit(state, params, key, jnp.asarray(limits))

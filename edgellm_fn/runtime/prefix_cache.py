@@ -26,8 +26,10 @@ from ..ffi.kv_cache_utils import (
     instantiate_kv_cache_batched,
     save_kv_cache_batched,
 )
+from ..state import host
 from ..state.resources import RuntimeState
 from . import steps
+from .prompts import pad_prompts
 
 
 @jax.tree_util.register_dataclass
@@ -54,8 +56,9 @@ def _groups(arrays: list) -> list[slice]:
     return [slice(i, i + MAX_BATCHED_LAYERS) for i in range(0, len(arrays), MAX_BATCHED_LAYERS)]
 
 
-@functools.partial(jax.jit, static_argnames=("row", "length"))
-def _save(state: RuntimeState, row: int, length: int) -> list[jax.Array]:
+# Static: length (the saved arrays' shape). Dynamic: the row, a buffer (one executable per length).
+@functools.partial(jax.jit, static_argnames=("length",))
+def _save(state: RuntimeState, row: jax.Array, length: int) -> list[jax.Array]:
     layers = [*state.kv.k, *state.kv.v]
     out: list[jax.Array] = []
     for g in _groups(layers):  # one kernel launch per group of up to MAX_BATCHED_LAYERS arrays
@@ -74,22 +77,26 @@ def save_prefix(state: RuntimeState, row: int, tokens: Sequence[int]) -> PrefixC
     Raises:
       InputError: bad row, or the row holds fewer tokens than ``tokens``.
     """
+    steps.check_live(state, "save_prefix")
     tokens = tuple(int(t) for t in tokens)
     if not 0 <= row < state.batch:
         raise InputError(f"save_prefix: row={row} (expected 0 <= row < batch={state.batch})")
-    held = int(jax.device_get(state.kv.lengths)[row])
+    held = int(host.recall(state.kv.lengths)[row])
     if not 1 <= len(tokens) <= held:
         raise InputError(
             f"save_prefix: len(tokens)={len(tokens)} (expected 1..{held}, the tokens row {row} "
             "holds)"
         )
-    saved = _save(state, row, len(tokens))
+    saved = _save(state, np.int32(row), len(tokens))
     n = len(state.kv.k)
     return PrefixCache(k=tuple(saved[:n]), v=tuple(saved[n:]), tokens=tokens)
 
 
-@functools.partial(jax.jit, static_argnames=("row",), donate_argnames=("state",), keep_unused=True)
-def _restore(state: RuntimeState, prefix: PrefixCache, row: int, used: int) -> RuntimeState:
+# Dynamic: row and used (buffers: one executable per prefix length serves every row).
+@functools.partial(jax.jit, donate_argnames=("state",), keep_unused=True)
+def _restore(
+    state: RuntimeState, prefix: PrefixCache, row: jax.Array, used: jax.Array
+) -> RuntimeState:
     layers = [*state.kv.k, *state.kv.v]
     saved = [*prefix.k, *prefix.v]
     out: list[jax.Array] = []
@@ -116,6 +123,7 @@ def restore_prefix(
     Raises:
       InputError: bad row, ``used`` out of range, or a prefix longer than the KV capacity.
     """
+    steps.check_live(state, "restore_prefix")
     used = prefix.length - 1 if used is None else used
     if not 0 <= row < state.batch:
         raise InputError(f"restore_prefix: row={row} (expected 0 <= row < batch={state.batch})")
@@ -126,8 +134,11 @@ def restore_prefix(
             f"restore_prefix: prefix length {prefix.length} (expected <= kv capacity="
             f"{state.kv.capacity})"
         )
-    steps._check_live(state, "restore_prefix")
-    return _restore(state, prefix, row, np.int32(used))
+    lengths = host.recall(state.kv.lengths)
+    lengths[row] = used
+    new = _restore(state, prefix, np.int32(row), np.int32(used))
+    host.remember(new.kv.lengths, lengths)
+    return new
 
 
 class PrefixStore:
@@ -173,18 +184,44 @@ def prefill_with_prefixes(
 
     Returns:
       The state after prefill and, per row, the number of tokens reused from the store.
+
+    Raises:
+      InputError: a donated or used state, a prompt count other than the batch, an empty
+        prompt, or a remainder that does not fit ``bucket``, ``max_input_len`` or the KV
+        capacity; all checked before anything is donated.
     """
+    where = "prefill_with_prefixes"
+    steps.check_live(state, where)
+    cfg = engine.config
+    if len(prompts) != state.batch:
+        raise InputError(
+            f"{where}: len(prompts)={len(prompts)} (expected the state's batch {state.batch})"
+        )
+    if any(len(p) == 0 for p in prompts):
+        raise InputError(f"{where}: an empty prompt (expected >= 1 token per row)")
+    held = host.recall(state.kv.lengths)
+    if held.any():
+        raise InputError(
+            f"{where}: the state holds lengths {held.tolist()} (expected a fresh state, all 0); "
+            "use create_state(config, batch)"
+        )
+    found = [store.lookup(p) for p in prompts]
+    rest = [len(p) - n for p, (_, n) in zip(prompts, found, strict=True)]
+    width = bucket or max(rest)
+    limit = min(cfg.max_input_len, cfg.kv_capacity)
+    for row, ((_, n), r) in enumerate(zip(found, rest, strict=True)):
+        if r > width or width > cfg.max_input_len or n + width > cfg.kv_capacity:
+            raise InputError(
+                f"{where}: row {row} reuses {n} tokens and prefills {r} padded to bucket={width} "
+                f"(expected {r} <= bucket <= max_input_len={cfg.max_input_len} and {n} + bucket "
+                f"<= kv capacity={cfg.kv_capacity}); pass a bucket in [{r}, {limit - n}]"
+            )
     reused = []
-    for row, prompt in enumerate(prompts):
-        entry, n = store.lookup(prompt)
+    for row, (entry, n) in enumerate(found):
         if entry is not None:
             state = restore_prefix(state, row, entry, used=n)
         reused.append(n)
-    rest = [list(p[n:]) for p, n in zip(prompts, reused, strict=True)]
-    width = bucket or max(len(r) for r in rest)
-    ids = np.zeros((len(prompts), width), np.int32)
-    for row, r in enumerate(rest):
-        ids[row, : len(r)] = r
+    ids, _ = pad_prompts([list(p[n:]) for p, n in zip(prompts, reused, strict=True)], width)
     lengths = np.array([len(p) for p in prompts])
     state = steps.prefill(engine, state, steps.embed(engine, ids), lengths, append=True)
     return state, reused

@@ -3,16 +3,16 @@
 Everything here is a pure function of ``(config, params, logits, keys)``, usable inside ``jax.jit``
 and inside a ``lax.while_loop`` body:
 
-- ``SamplingConfig`` is static (frozen, hashable; changing it recompiles): it fixes shapes and
-  branches (``top_k``, ``num_logprobs``, ``max_bias_entries``, ``use_top_p``).
-- ``SamplingParams`` is a pytree of per-row arrays (temperature, top-p, sparse logit bias), so one
-  compiled function serves every request of the same config.
+- ``SamplingConfig`` is static (frozen, hashable; changing it recompiles) and holds only LIMITS
+  that fix shapes: the candidate set ``max_top_k``, the bias width ``max_bias_entries`` and the
+  returned top-K ``max_num_logprobs``. Fix it once per engine; no flag is derived from a request.
+- ``SamplingParams`` is a pytree of per-row VALUES (temperature, top-k, top-p, sparse logit bias),
+  so one compiled function serves every request within the limits.
 
-Greedy: ``top_k == 1`` makes every row greedy (as upstream); a row with ``temperature <= 0`` is
-greedy on its own. Log-probabilities are the log-softmax of the model's logits *after* the logit
-bias and *before* temperature / top-k / top-p: they describe the distribution the user asked the
-model for (bias included), not the truncated one the token was drawn from, and they stay finite for
-every id (a top-p cut would make most of them ``-inf``).
+Greedy: a row with ``top_k == 1`` or ``temperature <= 0`` takes the argmax (as upstream).
+Log-probabilities are the log-softmax of the model's logits *after* the logit bias and *before*
+temperature / top-k / top-p: they describe the distribution the user asked the model for (bias
+included), not the truncated one the token was drawn from, and they stay finite for every id.
 """
 
 from __future__ import annotations
@@ -35,27 +35,24 @@ MAX_NUM_LOGPROBS = 50
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SamplingConfig:
-    """Static sampling configuration (a jit static argument: changing it recompiles).
+    """Static sampling limits (a jit static argument: changing them recompiles).
 
     Attributes:
-      top_k: keep the ``top_k`` most likely ids; 0 = off, 1 = greedy for every row.
-      num_logprobs: K, how many top log-probabilities to return per row (0..50).
+      max_top_k: C, the candidate set every sampled row draws from: the ``C`` most likely ids
+        (``lax.top_k``); 0 = the whole vocabulary (one sort; exact for any per-row top-k/top-p).
+        With ``C > 0`` a row's ``top_k`` must be ``<= C`` and ``top_k == 0`` means ``C``.
+      max_num_logprobs: K, the width of the returned top log-probabilities (0..50).
       max_bias_entries: N, the padded width of ``SamplingParams.bias_ids`` (0..1024).
-      use_top_p: apply nucleus filtering with ``SamplingParams.top_p``; when False top_p is ignored
-        and no sort is done.
     """
 
-    top_k: int = 0
-    num_logprobs: int = 0
+    max_top_k: int = 0
+    max_num_logprobs: int = 0
     max_bias_entries: int = 0
-    use_top_p: bool = False
 
     def __post_init__(self):
-        _check_int("SamplingConfig", "top_k", self.top_k, 0, None)
-        _check_int("SamplingConfig", "num_logprobs", self.num_logprobs, 0, MAX_NUM_LOGPROBS)
+        _check_int("SamplingConfig", "max_top_k", self.max_top_k, 0, None)
+        _check_int("SamplingConfig", "max_num_logprobs", self.max_num_logprobs, 0, MAX_NUM_LOGPROBS)
         _check_int("SamplingConfig", "max_bias_entries", self.max_bias_entries, 0, MAX_BIAS_ENTRIES)
-        if not isinstance(self.use_top_p, bool):
-            raise InputError(f"SamplingConfig: use_top_p={self.use_top_p!r} (expected a bool)")
 
 
 @jax.tree_util.register_dataclass
@@ -65,15 +62,17 @@ class SamplingParams:
 
     Attributes:
       temperature: ``[B] float32``; ``<= 0`` means greedy for that row.
-      top_p: ``[B] float32`` in ``(0, 1]``; used only when ``SamplingConfig.use_top_p``.
+      top_k: ``[B] int32``; 0 = off (the whole candidate set), 1 = greedy.
+      top_p: ``[B] float32`` in ``(0, 1]``; 1 = off.
       bias_ids: ``[B, N] int32`` token ids to bias; ``-1`` marks padding.
       bias_values: ``[B, N] float32`` added to the logits at ``bias_ids``; 0 at padding.
     """
 
-    temperature: jax.Array  # [B]
-    top_p: jax.Array  # [B]
-    bias_ids: jax.Array  # [B, N]
-    bias_values: jax.Array  # [B, N]
+    temperature: jax.Array  # [B] f32
+    top_k: jax.Array  # [B] i32
+    top_p: jax.Array  # [B] f32
+    bias_ids: jax.Array  # [B, N] i32
+    bias_values: jax.Array  # [B, N] f32
 
 
 @jax.tree_util.register_dataclass
@@ -84,7 +83,7 @@ class SampleOutput:
     Attributes:
       tokens: ``[B] int32`` sampled ids.
       token_logprobs: ``[B] float32`` log-probability of each sampled id (see module docstring).
-      top_ids: ``[B, K] int32`` the K most likely ids, best first (K = ``num_logprobs``, may be 0).
+      top_ids: ``[B, K] int32`` the K most likely ids, best first (K = ``max_num_logprobs``).
       top_logprobs: ``[B, K] float32`` their log-probabilities.
     """
 
@@ -114,56 +113,60 @@ def apply_logit_bias(logits: jax.Array, bias_ids: jax.Array, bias_values: jax.Ar
     return logits.at[rows, safe_ids].add(bias_values.astype(logits.dtype), mode="drop")
 
 
-def _candidates(config: SamplingConfig, scaled: jax.Array, top_p: jax.Array):
-    """Top-k then top-p on temperature-scaled logits ``[B, V]``.
+@dataclasses.dataclass(frozen=True)
+class _Filtered:
+    biased: jax.Array  # [B, V] logits after the bias
+    scaled: jax.Array  # [B, V] biased / temperature (1 for greedy rows)
+    greedy: jax.Array  # [B] bool
+    vals: jax.Array  # [B, C] candidate logits, best first; removed ones are -inf
+    ids: jax.Array  # [B, C] their vocabulary ids
 
-    Returns ``(vals [B, C], ids [B, C] | None)``: candidate logits with the removed ones set to
-    ``-inf``, and their vocabulary ids (None when ``vals`` is already in vocabulary order).
-    """
-    batch, vocab = scaled.shape
-    k = config.top_k if config.top_k < vocab else 0  # top_k >= V keeps everything
-    if k > 0:
-        vals, ids = lax.top_k(scaled, k)  # sorted, best first
-    elif config.use_top_p:
+
+def _filter(config: SamplingConfig, params: SamplingParams, logits: jax.Array) -> _Filtered:
+    """The one bias -> temperature -> top-k -> top-p chain that ``sample`` and ``filter_logits``
+    share (candidates sorted best first)."""
+    _check_shapes(config, params, logits)
+    batch, vocab = logits.shape
+    biased = apply_logit_bias(logits.astype(jnp.float32), params.bias_ids, params.bias_values)
+    greedy = (params.temperature <= 0) | (params.top_k == 1)
+    scaled = biased / jnp.where(greedy, 1.0, params.temperature)[:, None]
+    c = config.max_top_k if 0 < config.max_top_k < vocab else vocab
+    if c < vocab:
+        vals, ids = lax.top_k(scaled, c)  # sorted, best first
+    else:
         iota = lax.broadcasted_iota(jnp.int32, (batch, vocab), 1)
         neg_vals, ids = lax.sort_key_val(-scaled, iota, dimension=1)
         vals = -neg_vals
-    else:
-        return scaled, None
-    if config.use_top_p:
-        probs = jax.nn.softmax(vals, axis=-1)  # renormalised over the top-k set, as upstream
-        mass_before = jnp.cumsum(probs, axis=-1) - probs
-        # Keep id j while the mass of the better ids is still < p: the smallest set with mass >= p.
-        vals = jnp.where(mass_before < top_p[:, None], vals, -jnp.inf)
-    return vals, ids
+    rank = lax.broadcasted_iota(jnp.int32, vals.shape, 1)
+    k = jnp.where(params.top_k > 0, jnp.minimum(params.top_k, c), c)
+    vals = jnp.where(rank < k[:, None], vals, -jnp.inf)
+    probs = jax.nn.softmax(vals, axis=-1)  # renormalised over the top-k set, as upstream
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    # Keep id j while the mass of the better ids is still < p: the smallest set with mass >= p.
+    top_p = params.top_p[:, None]
+    vals = jnp.where((mass_before < top_p) | (top_p >= 1.0), vals, -jnp.inf)
+    return _Filtered(biased=biased, scaled=scaled, greedy=greedy, vals=vals, ids=ids)
 
 
 def filter_logits(config: SamplingConfig, params: SamplingParams, logits: jax.Array) -> jax.Array:
     """Bias, temperature, top-k and top-p, in vocabulary order (for inspection and tests).
 
     Args:
-      config: static config; ``top_k == 1`` keeps only the argmax.
-      params: per-row parameters; a row with ``temperature <= 0`` keeps only its argmax.
+      config: static limits.
+      params: per-row values; a greedy row keeps only its argmax.
       logits: ``[B, V] float32``.
 
     Returns:
       ``[B, V] float32`` logits whose softmax is the distribution ``sample`` draws from; removed
       ids are ``-inf``.
     """
-    _check_shapes(config, params, logits)
+    f = _filter(config, params, logits)
     batch, vocab = logits.shape
-    biased = apply_logit_bias(logits.astype(jnp.float32), params.bias_ids, params.bias_values)
-    greedy_row = params.temperature <= 0
-    if config.top_k == 1:
-        greedy_row = jnp.ones_like(greedy_row)
-    scaled = biased / jnp.where(greedy_row, 1.0, params.temperature)[:, None]
-    vals, ids = _candidates(config, scaled, params.top_p)
-    if ids is not None:
-        rows = jnp.arange(batch, dtype=jnp.int32)[:, None]
-        vals = jnp.full((batch, vocab), -jnp.inf, jnp.float32).at[rows, ids].set(vals)
-    best = jnp.argmax(biased, axis=-1)[:, None]
-    only_best = jnp.where(jnp.arange(vocab)[None, :] == best, scaled, -jnp.inf)
-    return jnp.where(greedy_row[:, None], only_best, vals)
+    rows = jnp.arange(batch, dtype=jnp.int32)[:, None]
+    vals = jnp.full((batch, vocab), -jnp.inf, jnp.float32).at[rows, f.ids].set(f.vals)
+    best = jnp.argmax(f.biased, axis=-1)[:, None]
+    only_best = jnp.where(jnp.arange(vocab)[None, :] == best, f.scaled, -jnp.inf)
+    return jnp.where(f.greedy[:, None], only_best, vals)
 
 
 def sample(
@@ -175,8 +178,8 @@ def sample(
     ``config`` is static (changing it recompiles); ``params``, ``logits`` and ``keys`` are dynamic.
 
     Args:
-      config: static config.
-      params: per-row parameters, batch B, bias width ``config.max_bias_entries``.
+      config: static limits.
+      params: per-row values, batch B, bias width ``config.max_bias_entries``.
       logits: ``[B, V] float32`` (other float dtypes are cast).
       keys: ``[B]`` per-row PRNG keys, e.g. ``jax.random.split(key, B)``. Fixed keys give fixed
         tokens; unused by greedy rows.
@@ -187,28 +190,21 @@ def sample(
     Raises:
       InputError: at trace time, when shapes disagree with each other or with ``config``.
     """
-    _check_shapes(config, params, logits)
     if keys.shape[:1] != logits.shape[:1]:
         raise InputError(
             f"sample: keys.shape={keys.shape} (expected leading dim B={logits.shape[0]}); "
             "pass jax.random.split(key, B)"
         )
-    biased = apply_logit_bias(logits.astype(jnp.float32), params.bias_ids, params.bias_values)
-    argmax = jnp.argmax(biased, axis=-1).astype(jnp.int32)
-    if config.top_k == 1:
-        tokens = argmax
-    else:
-        greedy_row = params.temperature <= 0
-        scaled = biased / jnp.where(greedy_row, 1.0, params.temperature)[:, None]
-        vals, ids = _candidates(config, scaled, params.top_p)
-        choice = jax.vmap(jax.random.categorical)(keys, vals).astype(jnp.int32)  # [B]
-        if ids is not None:
-            choice = jnp.take_along_axis(ids, choice[:, None], axis=1)[:, 0]
-        tokens = jnp.where(greedy_row, argmax, choice)
-    logprobs = jax.nn.log_softmax(biased, axis=-1)
+    f = _filter(config, params, logits)
+    argmax = jnp.argmax(f.biased, axis=-1).astype(jnp.int32)
+    choice = jax.vmap(jax.random.categorical)(keys, f.vals).astype(jnp.int32)  # [B]
+    choice = jnp.take_along_axis(f.ids, choice[:, None], axis=1)[:, 0]
+    tokens = jnp.where(f.greedy, argmax, choice)
+    logprobs = jax.nn.log_softmax(f.biased, axis=-1)
     token_logprobs = jnp.take_along_axis(logprobs, tokens[:, None], axis=1)[:, 0]
-    if config.num_logprobs > 0:
-        top_logprobs, top_ids = lax.top_k(logprobs, min(config.num_logprobs, logits.shape[1]))
+    k = min(config.max_num_logprobs, logits.shape[1])
+    if k > 0:
+        top_logprobs, top_ids = lax.top_k(logprobs, k)
     else:
         top_logprobs = jnp.zeros((logits.shape[0], 0), jnp.float32)
         top_ids = jnp.zeros((logits.shape[0], 0), jnp.int32)
@@ -227,6 +223,7 @@ def _check_shapes(config: SamplingConfig, params: SamplingParams, logits: jax.Ar
     n = config.max_bias_entries
     want = {
         "temperature": (batch,),
+        "top_k": (batch,),
         "top_p": (batch,),
         "bias_ids": (batch, n),
         "bias_values": (batch, n),
@@ -245,6 +242,12 @@ def _check_int(where: str, name: str, value, low: int, high: int | None) -> None
     if not is_int or value < low or (high is not None and value > high):
         bound = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise InputError(f"{where}: {name}={value!r} (expected an int {bound})")
+
+
+#: The limits ``generate`` uses unless told otherwise: every request the text layer accepts fits.
+REQUEST_LIMITS = SamplingConfig(
+    max_top_k=0, max_num_logprobs=MAX_NUM_LOGPROBS, max_bias_entries=MAX_BIAS_ENTRIES
+)
 
 
 def _per_row(name: str, value, batch: int) -> list[float]:
@@ -311,12 +314,13 @@ def make_sampling_params(
     vocab_size: int,
     temperature: float | Sequence[float] = 1.0,
     top_p: float | Sequence[float] = 1.0,
-    top_k: int = 0,
+    top_k: int | Sequence[int] = 0,
     logit_bias: Mapping[int | str, float]
     | Sequence[Mapping[int | str, float] | None]
     | None = None,
-    num_logprobs: int = 0,
+    num_logprobs: int | Sequence[int] = 0,
     max_bias_entries: int | None = None,
+    config: SamplingConfig | None = None,
 ) -> tuple[SamplingConfig, SamplingParams]:
     """Validates host-side values and builds ``(SamplingConfig, SamplingParams)``.
 
@@ -324,13 +328,16 @@ def make_sampling_params(
       batch_size: B.
       vocab_size: V, for checking bias ids.
       temperature: one value or B values, each >= 0 (0 = greedy row).
-      top_p: one value or B values, each in (0, 1]; any value < 1 turns on ``use_top_p``.
-      top_k: >= 0; 0 = off, 1 = greedy.
+      top_p: one value or B values, each in (0, 1]; 1 = off.
+      top_k: one value or B values, each >= 0 (0 = off, 1 = greedy), <= ``config.max_top_k``
+        when that limit is set.
       logit_bias: one ``{id: bias}`` mapping for all rows or B of them (None = no bias); ids in
         [0, V) (JSON string keys accepted), |bias| <= 100, at most 1024 ids per row.
-      num_logprobs: K in [0, 50].
-      max_bias_entries: N, the bias width; default: the next power of two >= the longest row
-        (0 without bias). Fix it to reuse one compiled function across requests.
+      num_logprobs: one value or B values in [0, 50] (the host shows that many per row).
+      max_bias_entries: without ``config``: N, the bias width; default the next power of two
+        >= the longest row (0 without bias).
+      config: fixed limits to check the values against (one compilation for every request that
+        fits); default: the smallest limits that fit these values.
 
     Returns:
       ``(config, params)``; ``config`` is static for jit, ``params`` a pytree of ``[B]``/``[B, N]``.
@@ -341,8 +348,8 @@ def make_sampling_params(
     where = "make_sampling_params"
     _check_int(where, "batch_size", batch_size, 1, None)
     _check_int(where, "vocab_size", vocab_size, 1, None)
-    _check_int(where, "top_k", top_k, 0, None)
-    _check_int(where, "num_logprobs", num_logprobs, 0, MAX_NUM_LOGPROBS)
+    ks = _per_row_int(where, "top_k", top_k, batch_size, None)
+    nlp = _per_row_int(where, "num_logprobs", num_logprobs, batch_size, MAX_NUM_LOGPROBS)
     temps = _per_row("temperature", temperature, batch_size)
     for b, t in enumerate(temps):
         if not (t >= 0 and math.isfinite(t)):
@@ -353,29 +360,60 @@ def make_sampling_params(
             raise InputError(f"{where}: top_p[{b}]={p} (expected 0 < top_p <= 1); 1 turns it off")
     rows = _bias_rows(logit_bias, batch_size, vocab_size)
     longest = max(len(r) for r in rows)
-    if max_bias_entries is None:
-        max_bias_entries = 0 if longest == 0 else 1 << (longest - 1).bit_length()
-    _check_int(where, "max_bias_entries", max_bias_entries, 0, MAX_BIAS_ENTRIES)
-    if longest > max_bias_entries:
+    if config is None:
+        if max_bias_entries is None:
+            max_bias_entries = 0 if longest == 0 else 1 << (longest - 1).bit_length()
+        _check_int(where, "max_bias_entries", max_bias_entries, 0, MAX_BIAS_ENTRIES)
+        config = SamplingConfig(max_num_logprobs=max(nlp), max_bias_entries=max_bias_entries)
+    elif max_bias_entries is not None and max_bias_entries != config.max_bias_entries:
         raise InputError(
-            f"{where}: logit_bias has a row of {longest} ids "
-            f"(expected <= max_bias_entries={max_bias_entries}); raise max_bias_entries"
+            f"{where}: max_bias_entries={max_bias_entries} (expected config.max_bias_entries="
+            f"{config.max_bias_entries} or None); the config fixes the bias width"
         )
-    ids = np.full((batch_size, max_bias_entries), -1, np.int32)
-    values = np.zeros((batch_size, max_bias_entries), np.float32)
+    _check_limits(where, config, ks, nlp, longest)
+    ids = np.full((batch_size, config.max_bias_entries), -1, np.int32)
+    values = np.zeros((batch_size, config.max_bias_entries), np.float32)
     for b, row in enumerate(rows):
         ids[b, : len(row)] = list(row.keys())
         values[b, : len(row)] = list(row.values())
-    config = SamplingConfig(
-        top_k=int(top_k),
-        num_logprobs=int(num_logprobs),
-        max_bias_entries=int(max_bias_entries),
-        use_top_p=any(p < 1 for p in ps),
-    )
     params = SamplingParams(
         temperature=jnp.asarray(np.asarray(temps, np.float32)),
+        # Any top_k >= V keeps every id, so clamping huge values into int32 changes nothing.
+        top_k=jnp.asarray(np.minimum(ks, np.iinfo(np.int32).max).astype(np.int32)),
         top_p=jnp.asarray(np.asarray(ps, np.float32)),
         bias_ids=jnp.asarray(ids),
         bias_values=jnp.asarray(values),
     )
     return config, params
+
+
+def _per_row_int(where: str, name: str, value, batch: int, high: int | None) -> list[int]:
+    values = list(value) if isinstance(value, Sequence | np.ndarray) else [value] * batch
+    if len(values) != batch:
+        raise InputError(
+            f"{where}: len({name})={len(values)} (expected batch_size={batch}); "
+            "pass one value for all rows or one per row"
+        )
+    for v in values:
+        _check_int(where, name, v, 0, high)
+    return [int(v) for v in values]
+
+
+def _check_limits(
+    where: str, config: SamplingConfig, ks: list[int], nlp: list[int], longest: int
+) -> None:
+    if config.max_top_k > 0 and max(ks) > config.max_top_k:
+        raise InputError(
+            f"{where}: top_k={max(ks)} (expected <= config.max_top_k={config.max_top_k}); "
+            "raise the engine's max_top_k or use 0 (whole vocabulary)"
+        )
+    if max(nlp) > config.max_num_logprobs:
+        raise InputError(
+            f"{where}: num_logprobs={max(nlp)} (expected <= config.max_num_logprobs="
+            f"{config.max_num_logprobs}); raise max_num_logprobs"
+        )
+    if longest > config.max_bias_entries:
+        raise InputError(
+            f"{where}: logit_bias has a row of {longest} ids "
+            f"(expected <= max_bias_entries={config.max_bias_entries}); raise max_bias_entries"
+        )

@@ -1,11 +1,16 @@
 """Pure step functions ``prefill`` and ``decode`` (upstream's ``LLMEngineRunner``).
 
 ``prefill_step``/``decode_step`` are the pure bodies (usable inside ``lax.while_loop``);
-``prefill``/``decode`` validate on the host, then call the jitted, state-donating versions::
+``prefill``/``decode`` validate on the host, then call the jitted, state-donating versions
+(``prefill_jit``/``decode_jit``)::
 
     state = create_state(engine.config, batch=2)
     state = prefill(engine, state, embed(engine, prompt_ids), prompt_lengths)
-    state = decode(engine, state, embed(engine, next_ids[:, None]))
+    state = decode(engine, state, next_ids)          # [B] ids: embedded inside the step
+
+Graph stability: a decode step writes every binding it hands the engine (``inputs_embeds``,
+``kvcache_start_index``, ``context_lengths``, ``last_token_ids``) into ``state.io`` inside the
+jitted step, so with the state donated each binding keeps its address from step to step.
 
 Static arguments (changing them recompiles): the engine's config (part of its pytree structure),
 ``append``, and the shapes of the inputs. Everything else is dynamic.
@@ -23,6 +28,7 @@ from ..dims import decode_dims, prefill_dims
 from ..engine.protocol import Engine
 from ..engine.tensor_map import build_tensor_map
 from ..errors import InputError
+from ..state import host
 from ..state.resources import RuntimeState
 
 _JNP = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -33,13 +39,13 @@ def embed(engine: Engine, tokens: jax.Array) -> jax.Array:
     return jnp.take(engine.embedding, jnp.asarray(tokens, jnp.int32), axis=0)
 
 
-def _finish(state: RuntimeState, io, outputs: dict[str, jax.Array]) -> RuntimeState:
+def _finish(state: RuntimeState, io, outputs: dict[str, jax.Array], lengths) -> RuntimeState:
     n = len(state.kv.k)
     kv = dataclasses.replace(
         state.kv,
         k=tuple(outputs[f"present_key_{i}"] for i in range(n)),
         v=tuple(outputs[f"present_value_{i}"] for i in range(n)),
-        lengths=io.context_lengths,
+        lengths=lengths,
     )
     return RuntimeState(
         io=dataclasses.replace(io, logits=outputs["logits"]),
@@ -67,30 +73,68 @@ def prefill_step(
     start = state.kv.lengths if append else jnp.zeros((0,), jnp.int32)
     tensors = build_tensor_map(io, state.res, inputs_embeds=inputs_embeds, start_index=start)
     dims = prefill_dims(engine.config, b, s, cache_empty=not append)
-    return _finish(state, io, engine.execute(engine.prepare(0, dims, tensors)))
+    outputs = engine.execute(engine.prepare(0, dims, tensors))
+    return _finish(state, io, outputs, context_lengths)
 
 
-def decode_step(engine: Engine, state: RuntimeState, inputs_embeds: jax.Array) -> RuntimeState:
-    """Pure decode body (profile 1); see ``decode``."""
-    b = inputs_embeds.shape[0]
+def decode_step(
+    engine: Engine,
+    state: RuntimeState,
+    inputs_embeds: jax.Array | None = None,
+    *,
+    active: jax.Array | None = None,
+) -> RuntimeState:
+    """Pure decode body (profile 1): one token per row.
+
+    Args:
+      engine: any provider.
+      state: the state; ``inputs_embeds`` is written into ``state.io.inputs_embeds``.
+      inputs_embeds: ``[B, 1, H]`` this step's embedded tokens (None: the buffer's content).
+      active: ``[B]`` bool rows that grow (default all). A masked row keeps its length; it
+        writes slot ``min(length, KVcap - 1)``, past its valid range (its last slot when full),
+        so no write ever leaves the cache.
+
+    Returns:
+      The new state; ``state.io.logits`` ``[B, V]`` are the next-token logits.
+    """
+    b = state.batch
+    lengths = state.kv.lengths
+    # A computed value (not the lengths buffer itself): it lives in io.start_index's buffer.
+    start = jnp.minimum(lengths, engine.config.kv_capacity - 1)
+    embeds = state.io.inputs_embeds
+    if inputs_embeds is not None:
+        # A select XLA cannot fold away (lengths >= 0 always holds): the step's embeddings are a
+        # computed value, so they live in io.inputs_embeds' buffer, never at an argument's
+        # address (a passed-through argument would be bound where the caller allocated it).
+        keep = (lengths >= 0)[:, None, None]
+        embeds = jnp.where(keep, inputs_embeds.astype(embeds.dtype), embeds)
     io = dataclasses.replace(
         state.io,
-        context_lengths=state.kv.lengths + 1,
+        inputs_embeds=embeds,
+        start_index=start,
+        context_lengths=start + 1,
         last_token_ids=jnp.zeros((b, 1), jnp.int32),
     )
     tensors = build_tensor_map(
-        io, state.res, inputs_embeds=inputs_embeds, start_index=state.kv.lengths
+        io, state.res, inputs_embeds=io.inputs_embeds, start_index=io.start_index
     )
-    dims = decode_dims(engine.config, b)
-    return _finish(state, io, engine.execute(engine.prepare(1, dims, tensors)))
+    outputs = engine.execute(engine.prepare(1, decode_dims(engine.config, b), tensors))
+    grown = lengths + 1 if active is None else jnp.where(active, lengths + 1, lengths)
+    return _finish(state, io, outputs, grown)
+
+
+def decode_tokens_step(engine: Engine, state: RuntimeState, tokens: jax.Array) -> RuntimeState:
+    """``decode_step`` on ``[B]`` ids, embedded inside the step (into ``io.inputs_embeds``)."""
+    return decode_step(engine, state, embed(engine, tokens.reshape(-1, 1)))
 
 
 # keep_unused: a step need not read every donated leaf (e.g. last step's logits); kept
 # parameters still alias their outputs, so every leaf keeps its buffer.
-_prefill_jit = jax.jit(
+prefill_jit = jax.jit(
     prefill_step, static_argnames=("append",), donate_argnames=("state",), keep_unused=True
 )
-_decode_jit = jax.jit(decode_step, donate_argnames=("state",), keep_unused=True)
+decode_jit = jax.jit(decode_step, donate_argnames=("state",), keep_unused=True)
+decode_tokens_jit = jax.jit(decode_tokens_step, donate_argnames=("state",), keep_unused=True)
 
 
 def prefill(
@@ -118,7 +162,7 @@ def prefill(
     Raises:
       InputError: on a bad shape, dtype or length, before anything is donated.
     """
-    _check_live(state, "prefill")
+    check_live(state, "prefill")
     cfg = engine.config
     b, s = _check_embeds(engine, state, inputs_embeds, "prefill")
     if s > cfg.max_input_len:
@@ -128,7 +172,7 @@ def prefill(
         )
     ctx = _as_lengths(context_lengths, b, "prefill: context_lengths")
     if isinstance(ctx, np.ndarray):
-        first = _host_lengths(state) if append else np.zeros(b, np.int64)
+        first = host.recall(state.kv.lengths) if append else np.zeros(b, np.int64)
         new = ctx - first
         bad = np.flatnonzero((new < 1) | (new > s))
         if bad.size:
@@ -145,37 +189,72 @@ def prefill(
                 f"prefill: context_lengths[{r}]={int(ctx[r])} (expected <= kv capacity="
                 f"{cfg.kv_capacity})"
             )
-    return _prefill_jit(engine, state, inputs_embeds, jnp.asarray(ctx, jnp.int32), append=append)
+        # The engine writes all S (padded) slots of every row from its start.
+        spill = np.flatnonzero(first + s > cfg.kv_capacity)
+        if append and spill.size:
+            r = int(spill[0])
+            raise InputError(
+                f"prefill: row {r} holds {int(first[r])} tokens and append=True writes S={s} "
+                f"padded slots (expected {int(first[r])} + S <= kv capacity={cfg.kv_capacity}); "
+                "pad the chunk to fewer tokens or split it"
+            )
+    new = prefill_jit(engine, state, inputs_embeds, jnp.asarray(ctx, jnp.int32), append=append)
+    host.remember(new.kv.lengths, ctx if isinstance(ctx, np.ndarray) else None)
+    return new
 
 
-def decode(engine: Engine, state: RuntimeState, inputs_embeds: jax.Array) -> RuntimeState:
+def decode(engine: Engine, state: RuntimeState, inputs: jax.Array) -> RuntimeState:
     """Appends one token per row and computes its logits (``state.io.logits`` ``[B, V]``).
+
+    No device-to-host copy: capacity is checked against the host's mirror of the lengths (one
+    device read only when the host does not know them, e.g. after ``decode_while``).
 
     Args:
       engine: any provider.
       state: donated; use the returned state from now on.
-      inputs_embeds: ``[B, 1, H]`` embedded last tokens.
+      inputs: ``[B]`` or ``[B, 1]`` int token ids (embedded inside the step: graph-stable), or
+        ``[B, 1, H]`` embedded tokens (copied into ``state.io.inputs_embeds``).
 
     Raises:
       InputError: bad shape/dtype, or a row whose KV cache is full, before anything is donated.
     """
-    _check_live(state, "decode")
-    b, s = _check_embeds(engine, state, inputs_embeds, "decode")
-    if s != 1:
-        raise InputError(f"decode: inputs_embeds has S={s} (expected 1 token per row)")
-    if not isinstance(state.kv.lengths, jax.core.Tracer):
-        lengths = _host_lengths(state)
-        full = np.flatnonzero(lengths + 1 > engine.config.kv_capacity)
-        if full.size:
-            r = int(full[0])
+    check_live(state, "decode")
+    b = state.batch
+    tokens = jnp.issubdtype(getattr(inputs, "dtype", np.float32), jnp.integer)
+    if tokens:
+        shape = tuple(inputs.shape)
+        if shape not in ((b,), (b, 1)):
             raise InputError(
-                f"decode: row {r} holds {int(lengths[r])} tokens (expected < kv capacity="
-                f"{engine.config.kv_capacity}); the KV cache is full, stop generating this row"
+                f"decode: token ids have shape {list(shape)} (expected [{b}] or [{b}, 1], the "
+                f"state's batch {b}); pass one id per row"
             )
-    return _decode_jit(engine, state, inputs_embeds)
+    else:
+        _, s = _check_embeds(engine, state, inputs, "decode")
+        if s != 1:
+            raise InputError(f"decode: inputs_embeds has S={s} (expected 1 token per row)")
+    lengths = host.recall(state.kv.lengths)
+    full = np.flatnonzero(lengths + 1 > engine.config.kv_capacity)
+    if full.size:
+        r = int(full[0])
+        raise InputError(
+            f"decode: row {r} holds {int(lengths[r])} tokens (expected < kv capacity="
+            f"{engine.config.kv_capacity}); the KV cache is full, stop generating this row"
+        )
+    if tokens:
+        new = decode_tokens_jit(engine, state, jnp.asarray(inputs, jnp.int32).reshape(b))
+    else:
+        new = decode_jit(engine, state, inputs)
+    host.remember(new.kv.lengths, lengths + 1)
+    return new
 
 
-def _check_live(state: RuntimeState, where: str) -> None:
+def check_live(state: RuntimeState, where: str) -> None:
+    """Raises ``InputError`` when ``state`` was donated to an earlier step (showing the fix).
+
+    Args:
+      state: any runtime state.
+      where: the calling function's name, shown in the message.
+    """
     for leaf in jax.tree_util.tree_leaves(state):
         if (
             isinstance(leaf, jax.Array)
@@ -215,7 +294,3 @@ def _as_lengths(x, batch: int, where: str):
             f"{where} has shape {list(arr.shape)} {arr.dtype} (expected [{batch}] int)"
         )
     return arr.astype(np.int64) if isinstance(arr, np.ndarray) else arr
-
-
-def _host_lengths(state: RuntimeState) -> np.ndarray:
-    return np.asarray(jax.device_get(state.kv.lengths), np.int64)

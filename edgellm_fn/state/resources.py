@@ -6,9 +6,12 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..config import EngineConfig
 from ..errors import InputError
+from ..runtime.sampling import SamplingConfig
+from . import host
 from .io import PipelineIO
 from .kv import KVCache
 from .rope import rope_table
@@ -65,8 +68,18 @@ class RuntimeState:
         return self.res.kv
 
 
-def create_state(cfg: EngineConfig, batch: int) -> RuntimeState:
+def create_state(
+    cfg: EngineConfig,
+    batch: int,
+    sampling: SamplingConfig = SamplingConfig(),  # noqa: B008 (frozen, hashable)
+) -> RuntimeState:
     """Allocates a ``RuntimeState`` for ``batch`` rows (each leaf a separate buffer).
+
+    Args:
+      cfg: engine config (shapes and dtypes).
+      batch: rows, ``1..max_batch_size``.
+      sampling: the sampling limits the decode loops will use (sizes the bias buffers; a loop
+        given other limits reallocates them once).
 
     Raises:
       InputError: ``batch`` is outside ``1..max_batch_size``.
@@ -76,7 +89,11 @@ def create_state(cfg: EngineConfig, batch: int) -> RuntimeState:
             f"create_state: batch={batch!r} (expected 1..max_batch_size={cfg.max_batch_size}); "
             "build the engine with a larger max_batch_size or split the requests"
         )
-    return RuntimeState(
-        io=PipelineIO.create(batch, cfg.model.vocab_size),
+    state = RuntimeState(
+        io=PipelineIO.create(
+            batch, cfg.model.vocab_size, cfg.model.hidden_size, _JNP[cfg.dtype], sampling
+        ),
         res=SharedResources.create_for_llm(cfg, batch),
     )
+    host.remember(state.kv.lengths, np.zeros(batch, np.int64))
+    return state

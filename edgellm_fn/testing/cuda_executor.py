@@ -154,3 +154,125 @@ class CudaTestExecutor:
             k["axpy_inplace"](_blocks(n), (_THREADS,), axpy_args)
             k["kv_append"](_blocks(rows), (_THREADS,), kv_args)
             k["advance"](_blocks(batch), (_THREADS,), (ptr["positions"], np.int32(batch)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine contract's bindings on CUDA kernels: drives the REAL decode path (create_state,
+# build_tensor_map, CallbackEngine glue, donated steps) on a GPU with no model.
+
+_CONTRACT_SOURCE = r"""
+extern "C" __global__ void kv_write(const float* embeds, const int* start, int has_start,
+                                    const int* ctx, float* kv, int batch, int seq, int hidden,
+                                    int heads, int cap, int head_dim) {
+  long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= (long long)batch * seq * heads * head_dim) return;
+  int d = i % head_dim, h = (i / head_dim) % heads;
+  int s = (i / ((long long)head_dim * heads)) % seq;
+  int b = i / ((long long)head_dim * heads * seq);
+  int pos = (has_start ? start[b] : 0) + s;
+  if (pos < 0 || pos >= ctx[b] || pos >= cap) return;
+  kv[(((long long)b * heads + h) * cap + pos) * head_dim + d] =
+      embeds[((long long)b * seq + s) * hidden + (d % hidden)] + (float)pos;
+}
+extern "C" __global__ void one_hot_logits(const int* ctx, float* logits, int batch, int vocab) {
+  long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= (long long)batch * vocab) return;
+  int v = i % vocab, b = i / vocab;
+  logits[i] = (v == ctx[b] % vocab) ? 1.0f : 0.0f;
+}
+"""
+
+
+class CudaContractExecutor:
+    """A glue ``Executor`` (``run(profile, dims, buffers, stream)``) for the LLM contract.
+
+    Its arithmetic, per step, on float32 engines (``H`` hidden, ``V`` vocab, ``s < S``):
+
+    ```
+    pos = start[b] + s   (start = 0 for a fresh prefill), if pos < context_lengths[b]:
+        present_{key,value}_i[b, h, pos, d] <- inputs_embeds[b, s, d % H] + pos   # in place
+    logits[b, v] <- 1 if v == context_lengths[b] % V else 0      # greedy next id = ctx % V
+    ```
+
+    Decode steps (profile 1) go through a ``GraphCache``: captured on a new binding snapshot,
+    replayed on an equal one. Prefill (profile 0, ``S`` varies) is always enqueued.
+    """
+
+    def __init__(self) -> None:
+        self.graphs = GraphCache()
+        self._kernels: dict | None = None
+
+    @property
+    def stats(self) -> GraphCacheStats:
+        return self.graphs.stats
+
+    def run(self, profile: int, dims: InferenceDims, buffers, stream: int | None) -> None:
+        """Runs one step on XLA's stream (see the class docstring)."""
+        if stream is None:
+            raise ValueError("CudaContractExecutor.run: stream=None (expected XLA's CUDA stream)")
+        for name, info in buffers.items():
+            if name != "rope_rotary_cos_sin" and info.dtype not in (np.float32, np.int32):
+                raise ValueError(
+                    f"CudaContractExecutor: {name}.dtype={info.dtype} (expected "
+                    "float32 or int32: build the engine config in float32)"
+                )
+        if profile != 1:
+            self._enqueue(stream, buffers)
+            return
+        snapshot = BindingSnapshot.of((n, b.ptr, b.shape) for n, b in buffers.items())
+        self.graphs.execute(snapshot, stream, lambda s: self._enqueue(s, buffers), capture=True)
+
+    def _enqueue(self, stream: int, buffers) -> None:
+        import cupy
+
+        if self._kernels is None:
+            module = cupy.RawModule(code=_CONTRACT_SOURCE)
+            self._kernels = {n: module.get_function(n) for n in ("kv_write", "one_hot_logits")}
+        k, i32 = self._kernels, np.int32
+        embeds, ctx, start = (
+            buffers[n] for n in ("inputs_embeds", "context_lengths", "kvcache_start_index")
+        )
+        batch, seq, hidden = embeds.shape
+        has_start = int(np.prod(start.shape)) > 0
+        start_ptr = np.uint64(start.ptr if has_start else ctx.ptr)  # unread when empty
+        logits = buffers["logits"]
+        with cupy.cuda.ExternalStream(stream):
+            for name, info in buffers.items():
+                if not name.startswith("present_"):
+                    continue  # aliased to past_*: the same memory
+                _, heads, cap, head_dim = info.shape
+                n = batch * seq * heads * head_dim
+                k["kv_write"](
+                    _blocks(n),
+                    (_THREADS,),
+                    (
+                        np.uint64(embeds.ptr),
+                        start_ptr,
+                        i32(has_start),
+                        np.uint64(ctx.ptr),
+                        np.uint64(info.ptr),
+                        i32(batch),
+                        i32(seq),
+                        i32(hidden),
+                        i32(heads),
+                        i32(cap),
+                        i32(head_dim),
+                    ),
+                )
+            vocab = logits.shape[1]
+            k["one_hot_logits"](
+                _blocks(batch * vocab),
+                (_THREADS,),
+                (np.uint64(ctx.ptr), np.uint64(logits.ptr), i32(batch), i32(vocab)),
+            )
+
+
+def contract_engine(config, embedding: jax.Array):
+    """A ``CallbackEngine`` running ``CudaContractExecutor`` (imported lazily: GPU tests only)."""
+    from edgellm_fn.engine.callback.glue import CallbackEngine
+
+    @jax.tree_util.register_pytree_node_class
+    class CudaContractEngine(CallbackEngine):
+        provider = "cuda-contract-test"
+
+    return CudaContractEngine(config, CudaContractExecutor(), embedding)

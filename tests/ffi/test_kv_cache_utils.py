@@ -225,8 +225,14 @@ def cache(rng):
             r"holds at most KVcap tokens",
         ),
         (0, 38, ValueError, r"seq_len=38 \(expected 1 <= seq_len <= 37"),
-        (1.0, 3, TypeError, r"batch_idx=1.0 \(expected a static Python int\).*static_argnames"),
-        (True, 3, TypeError, r"batch_idx=True \(expected a static Python int\)"),
+        (
+            1.0,
+            3,
+            TypeError,
+            r"batch_idx=1.0 \(expected a Python int or an int32 scalar array\); the row is a "
+            r"buffer",
+        ),
+        (True, 3, TypeError, r"batch_idx=True \(expected a Python int or an int32 scalar"),
         (0, np.float32(2), TypeError, r"seq_len=.*\(expected a static Python int\)"),
     ],
 )
@@ -236,9 +242,51 @@ def test_save_layer_rejects_bad_indices(fn, cache, batch_idx, seq_len, exc, matc
 
 
 @pytest.mark.parametrize("fn", SAVE)
-def test_save_layer_rejects_traced_index(fn, cache):
-    with pytest.raises(TypeError, match=r"batch_idx=.*Tracer.*pass a concrete int"):
-        jax.jit(fn, static_argnums=2)(cache, jnp.int32(0), 3)
+def test_save_layer_rejects_a_row_array_of_the_wrong_type(fn, cache):
+    with pytest.raises(TypeError, match=r"batch_idx is int32\[2\] \(expected a Python int or an"):
+        fn(cache, jnp.zeros(2, jnp.int32), 3)
+    with pytest.raises(TypeError, match=r"batch_idx is float32\[\] \(expected .*jnp.int32\(row\)"):
+        fn(cache, jnp.float32(0), 3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_traced_row_is_a_buffer_one_executable_serves_every_row(rng, dtype):
+    layers = _layers(rng, dtype)
+    saved = [_random(rng, (x.shape[1], 7, D), dtype) for x in layers]
+    save = jax.jit(lambda ls, r: ffi.save_kv_cache_batched(ls, r, 7))
+    put = jax.jit(lambda ls, s, r: ffi.instantiate_kv_cache_batched(ls, s, r))
+    save_one = jax.jit(lambda c, r: ffi.save_kv_cache_layer(c, r, 7))
+    put_one = jax.jit(lambda c, s, r: ffi.instantiate_kv_cache_layer(c, s, r))
+    for row in range(B):
+        r = jnp.int32(row)
+        for got, want, x in zip(
+            save(layers, r), ffi.save_kv_cache_batched_ref(layers, r, 7), layers, strict=True
+        ):
+            _assert_same(got, want)
+            _assert_same(got, x[row, :, :7])
+
+        _assert_same(save_one(layers[0], r), layers[0][row, :, :7])
+        for got, want, x, s in zip(
+            put(layers, saved, r),
+            ffi.instantiate_kv_cache_batched_ref(layers, saved, row),
+            layers,
+            saved,
+            strict=True,
+        ):
+            _assert_same(got, want)
+            _assert_same(got[row, :, :7], s)
+            _assert_same(got[row, :, 7:], x[row, :, 7:])
+        _assert_same(put_one(layers[0], saved[0], r)[row, :, :7], saved[0])
+    assert save._cache_size() == put._cache_size() == 1  # one executable for all rows
+    assert save_one._cache_size() == put_one._cache_size() == 1
+
+
+def test_cpu_handler_rejects_a_traced_row_out_of_range(rng):
+    cache = _random(rng, (B, HKV, CAP, D), jnp.float32)
+    save = jax.jit(lambda c, r: ffi.save_kv_cache_layer(c, r, 4))
+    with pytest.raises(Exception, match=r"batch_idx=3 \(expected 0 <= batch_idx < 3"):
+        jax.block_until_ready(save(cache, jnp.int32(B)))
+    np.testing.assert_array_equal(np.asarray(save(cache, jnp.int32(2))), cache[2, :, :4])
 
 
 @pytest.mark.parametrize("fn", SAVE)

@@ -137,3 +137,24 @@ def test_handlers_in_a_jitted_decode_loop(rng, put, record_property):
     _same(got_lengths, want[1])
     np.testing.assert_array_equal(np.asarray(got_lengths), [5 + 14, 9 + 21, 13 + 28])
     record_property("loop_pointers_stable", [g.unsafe_buffer_pointer() for g in got_layers] == ptrs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_traced_row_one_executable_for_every_row_and_out_of_range_copies_nothing(rng, put, dtype):
+    layers = [_random(rng, put, (3, h, 40, 16), dtype) for h in (4, 2)]
+    saved = [_random(rng, put, (h, 9, 16), dtype) for h in (4, 2)]
+    save = jax.jit(lambda ls, r: ffi.save_kv_cache_batched(ls, r, 9))
+    inst = jax.jit(lambda ls, s, r: ffi.instantiate_kv_cache_batched(ls, s, r))
+    for row in range(3):
+        r = put(jnp.int32(row))  # the row is a device buffer the kernel reads
+        for got, x in zip(save(layers, r), layers, strict=True):
+            _same(got, x[row, :, :9])
+        for got, want in zip(
+            inst(layers, saved, r),
+            ffi.instantiate_kv_cache_batched_ref(layers, saved, row),
+            strict=True,
+        ):
+            _same(got, want)
+    assert save._cache_size() == inst._cache_size() == 1
+    for got, x in zip(inst(layers, saved, put(jnp.int32(3))), layers, strict=True):
+        _same(got, x)  # a traced row out of range: the kernel guard copies nothing

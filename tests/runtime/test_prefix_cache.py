@@ -87,3 +87,49 @@ def test_prefix_errors(engine):
     prefix = save_prefix(state, 0, SYSTEM[:4])
     with pytest.raises(ef.InputError, match=r"used=5 \(expected 0..prefix length 4\)"):
         restore_prefix(state, 0, prefix, used=5)
+
+
+def test_one_restore_executable_serves_every_row(engine):
+    from edgellm_fn.runtime import prefix_cache
+
+    warm = ef.prefill(
+        engine, ef.create_state(engine.config, 1), ef.embed(engine, np.array([SYSTEM])), [10]
+    )
+    prefix = save_prefix(warm, 0, SYSTEM)
+    state = ef.create_state(engine.config, 3)
+    prefix_cache._restore.clear_cache()
+    for row in range(3):
+        state = restore_prefix(state, row, prefix, used=9 - row)
+    assert prefix_cache._restore._cache_size() == 1  # the row is a buffer, not a static
+    np.testing.assert_array_equal(np.asarray(state.kv.lengths), [9, 8, 7])
+    for row in range(3):
+        np.testing.assert_array_equal(
+            np.asarray(state.kv.v[0][row, :, :10]), np.asarray(warm.kv.v[0][0, :, :10])
+        )
+
+
+def test_prefill_with_prefixes_validates_before_donating(engine):
+    store = PrefixStore()
+    state = ef.create_state(engine.config, 2)
+    prompts = [SYSTEM + [40], [5] * 20]
+    with pytest.raises(
+        ef.InputError,
+        match=r"row 0 reuses 0 tokens and prefills 11 padded to bucket=8 \(expected 11 <= bucket",
+    ):
+        prefill_with_prefixes(engine, state, prompts, store, bucket=8)
+    with pytest.raises(ef.InputError, match=r"len\(prompts\)=3 \(expected the state's batch 2\)"):
+        prefill_with_prefixes(engine, state, [*prompts, [1]], store)
+    state, reused = prefill_with_prefixes(engine, state, prompts, store)  # state untouched
+    assert reused == [0, 0]
+    with pytest.raises(ef.InputError, match=r"already donated.*state = prefill_with_prefixes"):
+        prefill_with_prefixes(engine, _donated(engine), prompts, store)
+    with pytest.raises(ef.InputError, match=r"holds lengths \[11, 20\] \(expected a fresh state"):
+        prefill_with_prefixes(engine, state, prompts, store)
+    with pytest.raises(ef.InputError, match=r"save_prefix: this state was already donated"):
+        save_prefix(_donated(engine), 0, [1])
+
+
+def _donated(engine):
+    state = ef.create_state(engine.config, 2)
+    ef.decode(engine, state, np.ones((2,), np.int32))
+    return state

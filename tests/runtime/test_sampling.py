@@ -77,7 +77,7 @@ def test_top_p_keeps_smallest_set_with_mass_at_least_p(logits, top_k):
     config, params = make_sampling_params(
         B, vocab_size=V, top_p=top_p, top_k=top_k, temperature=temperature
     )
-    assert config.use_top_p
+    assert config == SamplingConfig()  # top_p / top_k are values, not a derived flag
     kept = np.isfinite(np.asarray(filter_jit(config, params, logits)))
     np.testing.assert_array_equal(kept, top_p_reference(logits, temperature, top_p, top_k))
     tokens = draw_many(config, params, logits)
@@ -121,9 +121,9 @@ def test_bias_minus_100_bans_and_plus_100_forces(logits):
     tokens = draw_many(config, params, logits)
     assert not (tokens[:, 0] == argmax[0]).any() and not (tokens[:, 1] == argmax[1]).any()
     assert (tokens[:, 2] == worst[2]).all() and (tokens[:, 3] == worst[3]).all()
-    greedy_config = SamplingConfig(top_k=1, max_bias_entries=1)
+    greedy_params = SamplingParams(**{**params.__dict__, "top_k": jnp.ones((B,), jnp.int32)})
     greedy = sample_jit(
-        greedy_config, params, logits, jax.random.split(jax.random.key(0), B)
+        config, greedy_params, logits, jax.random.split(jax.random.key(0), B)
     ).tokens
     second = np.argsort(-np.asarray(logits), axis=1)[:, 1]
     np.testing.assert_array_equal(greedy, [second[0], second[1], worst[2], worst[3]])
@@ -163,10 +163,11 @@ def test_while_loop_equals_python_loop_and_params_do_not_recompile(logits):
         expected.append(tokens)
     np.testing.assert_array_equal(looped, np.stack(expected))
     compiled = step._cache_size()
-    _, other = make_sampling_params(
-        B, vocab_size=V, top_k=8, top_p=[0.5, 0.6, 0.7, 0.8], temperature=0.3, logit_bias={9: -5}
-    )
-    step(config, other, logits, jax.random.split(key, B))
+    for top_k, top_p in ((8, [0.5, 0.6, 0.7, 0.8]), ([0, 1, 3, 64], 1.0)):
+        _, other = make_sampling_params(
+            B, vocab_size=V, top_k=top_k, top_p=top_p, temperature=0.3, logit_bias={9: -5}
+        )
+        step(config, other, logits, jax.random.split(key, B))
     assert step._cache_size() == compiled
 
 
@@ -188,8 +189,8 @@ def test_logprobs_are_log_softmax_of_biased_logits(logits, num_logprobs, top_k):
 
 
 def test_config_is_hashable_static_arg():
-    a, _ = make_sampling_params(2, vocab_size=V, top_k=3, top_p=0.5)
-    b = SamplingConfig(top_k=3, use_top_p=True)
+    a, _ = make_sampling_params(2, vocab_size=V, top_k=3, top_p=0.5, num_logprobs=2)
+    b = SamplingConfig(max_num_logprobs=2)
     assert a == b and hash(a) == hash(b)
 
 
@@ -253,6 +254,37 @@ def test_sample_rejects_wrong_key_count(logits):
 
 def test_config_rejects_bad_values():
     with pytest.raises(
-        InputError, match=re.escape("SamplingConfig: use_top_p=1 (expected a bool)")
+        InputError, match=re.escape("SamplingConfig: max_top_k=-1 (expected an int >= 0)")
     ):
-        SamplingConfig(use_top_p=1)
+        SamplingConfig(max_top_k=-1)
+    with pytest.raises(
+        InputError, match=re.escape("SamplingConfig: max_num_logprobs=51 (expected an int in")
+    ):
+        SamplingConfig(max_num_logprobs=51)
+
+
+def test_per_row_top_k_values_within_a_candidate_limit(logits):
+    limits = SamplingConfig(max_top_k=8)
+    config, params = make_sampling_params(
+        B, vocab_size=V, top_k=[1, 2, 0, 5], temperature=2.0, config=limits
+    )
+    assert config is limits
+    tokens = draw_many(config, params, logits)
+    order = np.argsort(-np.asarray(logits), axis=1)
+    for b, k in enumerate([1, 2, 8, 5]):  # top_k=0 means the whole candidate set (8)
+        assert set(tokens[:, b].tolist()) == set(order[b, :k].tolist())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"top_k": 9}, "top_k=9 (expected <= config.max_top_k=8); raise the engine's max_top_k"),
+        ({"num_logprobs": [0, 3]}, "num_logprobs=3 (expected <= config.max_num_logprobs=2)"),
+        ({"logit_bias": {1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0, 5: 1.0}}, "row of 5 ids (expected <= "),
+        ({"max_bias_entries": 8}, "max_bias_entries=8 (expected config.max_bias_entries=4"),
+    ],
+)
+def test_values_beyond_the_fixed_limits_are_rejected(kwargs, match):
+    limits = SamplingConfig(max_top_k=8, max_num_logprobs=2, max_bias_entries=4)
+    with pytest.raises(InputError, match=re.escape(match)):
+        make_sampling_params(2, vocab_size=V, config=limits, **kwargs)

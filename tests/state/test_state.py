@@ -39,7 +39,7 @@ def test_compiled_decode_aliases_every_state_buffer_and_copies_no_cache(checkpoi
     engine = make_engine(checkpoints["qwen3"])
     state = ef.create_state(engine.config, 2)
     x = ef.embed(engine, np.zeros((2, 1), np.int32))
-    compiled = steps._decode_jit.lower(engine, state, x).compile()
+    compiled = steps.decode_jit.lower(engine, state, x).compile()
     hlo = compiled.as_text()
     n_state = len(jax.tree_util.tree_leaves(state))
     n_params = len(jax.tree_util.tree_leaves(engine))
@@ -60,8 +60,8 @@ def test_compiled_decode_aliases_every_state_buffer_and_copies_no_cache(checkpoi
 
 def test_one_trace_per_profile_and_batch_shape(checkpoints):
     engine = make_engine(checkpoints["qwen2"])
-    steps._decode_jit.clear_cache()
-    steps._prefill_jit.clear_cache()
+    steps.decode_jit.clear_cache()
+    steps.prefill_jit.clear_cache()
     for batch in (1, 2):
         for prompt_len in (4, 4, 4):
             state = ef.create_state(engine.config, batch)
@@ -69,8 +69,8 @@ def test_one_trace_per_profile_and_batch_shape(checkpoints):
             state = ef.prefill(engine, state, ef.embed(engine, ids), np.full(batch, prompt_len))
             for _ in range(3):
                 state = ef.decode(engine, state, ef.embed(engine, ids[:, :1]))
-    assert steps._prefill_jit._cache_size() == 2
-    assert steps._decode_jit._cache_size() == 2
+    assert steps.prefill_jit._cache_size() == 2
+    assert steps.decode_jit._cache_size() == 2
 
 
 def test_chex_sees_one_decode_trace_per_batch_shape(checkpoints):

@@ -11,7 +11,7 @@ from edgellm_fn import XlaEngine, create_state, decode, embed, load_checkpoint
 from edgellm_fn.engine.callback.build import build_engine
 from edgellm_fn.engine.callback.onnxruntime import OnnxRuntimeEngine, load_onnxruntime_engine
 from edgellm_fn.runtime.generate import generate
-from edgellm_fn.runtime.steps import _decode_jit
+from edgellm_fn.runtime.steps import decode_jit
 from edgellm_fn.text.tokenizer import Tokenizer
 
 from .helpers import DECODE_STEPS, LIMITS, PROMPT_LENGTHS, greedy
@@ -87,7 +87,7 @@ def test_decode_step_declares_kv_aliases_in_hlo(engines):
     ort_engine = engines["llama"][0]
     state = create_state(ort_engine.config, 2)
     x = embed(ort_engine, jnp.ones((2, 1), jnp.int32))
-    text = _decode_jit.lower(ort_engine, state, x).as_text()
+    text = decode_jit.lower(ort_engine, state, x).as_text()
     assert "xla_buffer_python_cpu_callback" in text
     assert "output_operand_aliases" in text
 
