@@ -188,12 +188,15 @@ def attention_section() -> None:
         del ks, vs
 
 
+PRESET = "llama-3.2-1b"
+
+
 def _engine(kernels: str, capacity: int, batch: int, max_input: int):
     from edgellm_fn.bench.presets import get_preset, random_params
     from edgellm_fn.config import EngineConfig
     from edgellm_fn.engine.xla import XlaEngine
 
-    preset = get_preset("llama-3.2-1b")
+    preset = get_preset(PRESET)
     cfg = EngineConfig.create(
         preset.model,
         max_batch_size=batch,
@@ -209,7 +212,7 @@ def decode_section(copy_gbs: float, cases) -> None:
     from edgellm_fn import create_state, embed, prefill
     from edgellm_fn.bench.ceilings import weight_bytes_per_decode_step
     from edgellm_fn.runtime import loops
-    from edgellm_fn.runtime.sampling import make_sampling_params
+    from edgellm_fn.runtime.sampling import SamplingConfig, make_sampling_params
 
     tokens = 128
     for batch, ctx, cap, kernel_modes in cases:
@@ -217,8 +220,9 @@ def decode_section(copy_gbs: float, cases) -> None:
             engine = _engine(kernels, cap, batch, ctx)
             ids = np.random.RandomState(0).randint(0, 1000, (batch, ctx)).astype(np.int32)
             lengths = np.full((batch,), ctx)
+            greedy = SamplingConfig(max_top_k=1)  # greedy: no vocabulary sort in the loop
             config, params = make_sampling_params(
-                batch, vocab_size=engine.config.model.vocab_size, top_k=1
+                batch, vocab_size=engine.config.model.vocab_size, top_k=1, config=greedy
             )
             limits = loops.token_limits(engine, lengths, tokens)
 
@@ -231,7 +235,7 @@ def decode_section(copy_gbs: float, cases) -> None:
                 limits=limits,
                 batch=batch,
             ):
-                state = create_state(engine.config, batch)
+                state = create_state(engine.config, batch, config)
                 state = prefill(engine, state, embed(engine, ids), lengths)
                 jax.block_until_ready(state)
                 t = time.perf_counter()
@@ -292,9 +296,12 @@ def main() -> int:
     p.add_argument("--sections", default="ceiling,gemv,attention,decode,prefill")
     p.add_argument("--decode", default="1:2048:4096,1:128:4096,8:2048:4096,1:128:32768")
     p.add_argument("--modes", default="auto,off")
+    p.add_argument("--preset", default=PRESET, help="model shape of the decode/prefill sections")
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     args = p.parse_args()
     sections = args.sections.split(",")
+    global PRESET
+    PRESET = args.preset
     print("devices", jax.devices(), "XLA_FLAGS", os.environ.get("XLA_FLAGS"), flush=True)
     copy_gbs = 4289.0
     modes = tuple(args.modes.split(","))
