@@ -300,8 +300,7 @@ def main() -> int:
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     args = p.parse_args()
     sections = args.sections.split(",")
-    global PRESET
-    PRESET = args.preset
+    globals()["PRESET"] = args.preset
     print("devices", jax.devices(), "XLA_FLAGS", os.environ.get("XLA_FLAGS"), flush=True)
     copy_gbs = 4289.0
     modes = tuple(args.modes.split(","))
