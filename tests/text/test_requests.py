@@ -67,7 +67,7 @@ def _bad(**changes):
         (_bad(req_temperature=1), r"requests\[0\]: unknown field 'temperature'"),
         (_bad(req_messages=[{"content": "x"}]), r"requests\[0\].messages\[0\]: expected \{'role'"),
         (_bad(req_num_logprobs=51), r"num_logprobs=51 \(expected 0..50\)"),
-        (_bad(req_logit_bias={"x": 1}), r"logit_bias key 'x' \(expected a token id\)"),
+        (_bad(req_logit_bias={"x": 1}), r"logit_bias key 'x' \(expected a token id 0..16777215\)"),
         (_bad(req_logit_bias={"3": "big"}), r"logit_bias\[3\]='big' \(expected a number\)"),
         (_bad(req_stop=[""]), r"stop=\[''\] \(expected non-empty strings\)"),
         (_bad(req_lora_name="a"), r"lora_name='a' \(expected null\); no LoRA support"),

@@ -273,7 +273,10 @@ def test_load_errors(tmp_path, ckpt):
         Tokenizer.from_dir(tmp_path)
     (tmp_path / "tokenizer.json").write_text((ckpt / "tokenizer.json").read_text())
     bad = {
-        "tokenizer_config.json": ("{not json", r"tokenizer_config.json: not valid JSON"),
+        "tokenizer_config.json": (
+            "{not json",
+            r"tokenizer_config.json: invalid JSON at line 1 column 2",
+        ),
         "generation_config.json": (
             json.dumps({"eos_token_id": "2"}),
             r"generation_config.json: eos_token_id='2' \(expected an int >= 0 or a list of them\)",
