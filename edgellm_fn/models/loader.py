@@ -73,8 +73,9 @@ def _locate(ckpt: Path) -> dict[str, Path]:
         files: dict[str, Path] = {}
         shards: dict[str, Path] = {}
         for name, shard in weight_map.items():
-            if shard not in shards:
-                shards[shard] = _shard_path(index, root, name, shard)
+            if not isinstance(shard, str) or shard not in shards:
+                path = _shard_path(index, root, name, shard)  # refuses a non-str shard
+                shards[shard] = path
             files[name] = shards[shard]
         return files
     single = ckpt / "model.safetensors"
@@ -131,12 +132,14 @@ def load_hf_tensors(
     """
     ckpt = Path(ckpt)
     located = _locate(ckpt)
+    index = ckpt / "model.safetensors.index.json"
+    source = index if index.is_file() else ckpt / "model.safetensors"
     shapes = hf_tensor_shapes(cfg)
     by_file: dict[Path, set[str]] = {}
     for name in shapes:
         if name not in located:
             raise CheckpointError(
-                f"{ckpt}: missing tensor {name!r} (expected shape {list(shapes[name])})"
+                f"{source}: missing tensor {name!r} (expected shape {list(shapes[name])})"
             )
         by_file.setdefault(located[name], set()).add(name)
     tensors: dict[str, np.ndarray] = {}
