@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import edgellm_fn as ef
-from edgellm_fn.errors import CheckpointError, ConfigError
+from edgellm_fn.errors import CheckpointError
 from edgellm_fn.models.safetensors_io import load_file
 
 from ..fuzz_common import JSON, Tally
@@ -130,8 +130,6 @@ def test_random_index_files_load_or_name_the_index(tmp_path, sharded, top, weigh
         INDEXES.add("CheckpointError")
         assert "model.safetensors.index.json" in str(e) or ".safetensors" in str(e), str(e)
         return
-    except ConfigError as e:  # pragma: no cover - config.json is never mutated here
-        raise AssertionError(f"unexpected ConfigError: {e}") from e
     INDEXES.add("ok")
     for _, shard in shard_edits:  # a load succeeded: no edit pointed outside the checkpoint
         assert not (isinstance(shard, str) and (shard.startswith("/") or ".." in shard)), shard
