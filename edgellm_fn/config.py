@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, show
 
 ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -25,6 +26,30 @@ ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 ACTIVATIONS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 DTYPES = ("float32", "bfloat16", "float16")
 _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+_ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+#: Sanity bounds of integer config fields: far above every released model of the family (Llama
+#: 3.1 405B has 126 layers, hidden 16384, intermediate 53248; Llama 4 has a 10M context), far
+#: below what would make a size computation or an allocation run for minutes.
+LIMITS = {
+    "vocab_size": 1 << 24,
+    "hidden_size": 1 << 16,
+    "intermediate_size": 1 << 20,
+    "num_hidden_layers": 1024,
+    "num_attention_heads": 1024,
+    "num_key_value_heads": 1024,
+    "head_dim": 1024,
+    "max_position_embeddings": 1 << 24,
+    "original_max_position_embeddings": 1 << 24,
+    "sliding_window": 1 << 24,
+    "max_batch_size": 1 << 16,
+    "max_input_len": 1 << 24,
+    "max_kv_cache_capacity": 1 << 24,
+}
+#: Largest JSON file read whole (config.json, index, request files): 64 MiB.
+MAX_JSON_BYTES = 64 << 20
+#: Default share of the available device memory the KV cache and state may take.
+MEMORY_FRACTION = 0.9
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -141,7 +166,14 @@ class DeploymentConfig:
         for name in ("max_batch_size", "max_input_len", "max_kv_cache_capacity"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"builder_config: {name}={value!r} (expected an integer >= 1)")
+                raise ConfigError(
+                    f"builder_config: {name}={show(value)} (expected an integer >= 1)"
+                )
+            if value > LIMITS[name]:
+                raise ConfigError(
+                    f"builder_config: {name}={value} (expected <= {LIMITS[name]}, the sanity "
+                    f"bound config.LIMITS[{name!r}]); no device holds state of that size"
+                )
         if self.max_input_len > self.max_kv_cache_capacity:
             raise ConfigError(
                 f"builder_config: max_input_len={self.max_input_len} (expected <= "
@@ -155,7 +187,7 @@ class DeploymentConfig:
         for key in raw:
             if key not in known:
                 raise ConfigError(
-                    f"{where}: unknown field {key!r} (expected one of {sorted(known)})"
+                    f"{where}: unknown field {show(key)} (expected one of {sorted(known)})"
                 )
         missing = [k for k in sorted(known) if k not in raw]
         if missing:
@@ -197,6 +229,59 @@ class EngineConfig:
     def kv_capacity(self) -> int:
         return self.deployment.max_kv_cache_capacity
 
+    def kv_cache_bytes(self, batch: int | None = None) -> int:
+        """Bytes of the KV cache for ``batch`` rows (default ``max_batch_size``).
+
+        One ``k`` and one ``v`` array ``[B, Hkv, KVcap, D]`` of ``kv_dtype`` per layer.
+        """
+        m = self.model
+        b = self.max_batch_size if batch is None else batch
+        per_row = m.num_key_value_heads * self.kv_capacity * m.head_dim * _ITEMSIZE[self.kv_dtype]
+        return 2 * m.num_hidden_layers * b * per_row
+
+    def state_bytes(self, batch: int | None = None) -> int:
+        """Bytes of the state a runtime allocates up front for ``batch`` rows.
+
+        The KV cache, the float32 RoPE table ``[1, KVcap, rot]``, the prefill input
+        ``[B, max_input_len, H]`` and the float32 logits ``[B, V]``; a lower bound of the whole.
+        """
+        m = self.model
+        b = self.max_batch_size if batch is None else batch
+        rope = self.kv_capacity * m.rope.rotary_dim * 4
+        embeds = b * self.max_input_len * m.hidden_size * _ITEMSIZE[self.dtype]
+        return self.kv_cache_bytes(b) + rope + embeds + b * m.vocab_size * 4
+
+    def check_memory(self, max_state_bytes: int | None = None) -> None:
+        """Refuses limits whose state would not fit ``max_state_bytes``.
+
+        Args:
+          max_state_bytes: the bound; default ``MEMORY_FRACTION`` of ``available_memory_bytes()``.
+
+        Raises:
+          ConfigError: ``state_bytes()`` exceeds the bound (the message gives both figures).
+        """
+        if max_state_bytes is None:
+            available, device = available_memory_bytes()
+            bound = int(available * MEMORY_FRACTION)
+            source = f"{MEMORY_FRACTION:.0%} of the {available} bytes available on {device}"
+        else:
+            if isinstance(max_state_bytes, bool) or not isinstance(max_state_bytes, int):
+                raise ConfigError(
+                    f"EngineConfig: max_state_bytes={show(max_state_bytes)} (expected an int)"
+                )
+            bound, source = max_state_bytes, "the max_state_bytes argument"
+        need = self.state_bytes()
+        if need > bound:
+            m = self.model
+            raise ConfigError(
+                f"EngineConfig: state_bytes={need} (expected <= {bound}, {source}); the KV cache "
+                f"alone is {self.kv_cache_bytes()} bytes = 2 x {m.num_hidden_layers} layers x "
+                f"max_batch_size={self.max_batch_size} x {m.num_key_value_heads} kv heads x "
+                f"kv_capacity={self.kv_capacity} x head_dim={m.head_dim} x "
+                f"{_ITEMSIZE[self.kv_dtype]} bytes ({self.kv_dtype}); lower max_batch_size or "
+                "kv_capacity, use a smaller kv_dtype, or pass max_state_bytes"
+            )
+
     @classmethod
     def create(
         cls,
@@ -207,10 +292,22 @@ class EngineConfig:
         kv_capacity: int = 256,
         dtype: str | None = None,
         kv_dtype: str | None = None,
+        max_state_bytes: int | None = None,
     ) -> EngineConfig:
-        """Builds an engine config; dtypes default to the checkpoint's."""
+        """Builds an engine config; dtypes default to the checkpoint's.
+
+        Args:
+          model: the model's dimensions.
+          max_batch_size, max_input_len, kv_capacity: the deployment limits.
+          dtype, kv_dtype: activation and KV cache dtypes.
+          max_state_bytes: most bytes the state (``state_bytes()``) may take; default
+            ``MEMORY_FRACTION`` of the memory available on the default device.
+
+        Raises:
+          ConfigError: a limit is out of range, or the state would exceed ``max_state_bytes``.
+        """
         dtype = normalize_dtype(dtype or model.dtype, "dtype")
-        return cls(
+        cfg = cls(
             model=model,
             deployment=DeploymentConfig(
                 max_batch_size=max_batch_size,
@@ -220,10 +317,21 @@ class EngineConfig:
             dtype=dtype,
             kv_dtype=normalize_dtype(kv_dtype or dtype, "kv_cache_dtype"),
         )
+        cfg.check_memory(max_state_bytes)
+        return cfg
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any], where: str = "config.json") -> EngineConfig:
-        """Parses an engine directory's config.json (model fields + ``builder_config``)."""
+    def from_dict(
+        cls,
+        raw: Mapping[str, Any],
+        where: str = "config.json",
+        *,
+        max_state_bytes: int | None = None,
+    ) -> EngineConfig:
+        """Parses an engine directory's config.json (model fields + ``builder_config``).
+
+        ``max_state_bytes`` bounds the state as in ``create``.
+        """
         _require_mapping(raw, where)
         if "builder_config" not in raw:
             raise ConfigError(
@@ -235,7 +343,9 @@ class EngineConfig:
         deployment = DeploymentConfig.from_dict(raw["builder_config"], f"{where}: builder_config")
         dtype = normalize_dtype(raw.get("dtype") or model.dtype, "dtype")
         kv_dtype = normalize_dtype(raw.get("kv_cache_dtype") or dtype, "kv_cache_dtype")
-        return cls(model=model, deployment=deployment, dtype=dtype, kv_dtype=kv_dtype)
+        cfg = cls(model=model, deployment=deployment, dtype=dtype, kv_dtype=kv_dtype)
+        cfg.check_memory(max_state_bytes)
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
         """The ``builder_config``/dtype fields an engine directory adds to the model config."""
@@ -246,25 +356,87 @@ class EngineConfig:
         }
 
 
-def read_json(path: str | Path) -> dict[str, Any]:
-    """Reads a JSON object, raising ``ConfigError`` naming the file on any problem."""
+def available_memory_bytes() -> tuple[int, str]:
+    """``(bytes, device)``: free memory of the default JAX device, or the host's on CPU.
+
+    GPUs report ``bytes_limit - bytes_in_use`` of XLA's allocator; CPU devices report no stats,
+    so the host's ``MemAvailable`` (``/proc/meminfo``) is used, else the physical memory.
+    """
+    import jax  # lazily: parsing configs must not initialise a backend
+
+    device = jax.local_devices()[0]
+    stats = device.memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)), str(device)
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024, f"{device} (host MemAvailable)"
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), f"{device} (host memory)"
+
+
+def parse_json_bytes(data: bytes, where: str, error: type[ValueError] = ConfigError) -> Any:
+    """Decodes UTF-8 JSON, raising ``error`` naming ``where`` for every way it can be bad.
+
+    Non-UTF-8 bytes, syntax errors, nesting too deep for Python's parser and integers of more
+    than 4300 digits all become ``error`` (never ``UnicodeDecodeError`` or ``RecursionError``).
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(
+            f"{where}: byte {e.start}={data[e.start : e.start + 1]!r} (expected UTF-8 text); "
+            "re-save the file as UTF-8 JSON"
+        ) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{where}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise error(
+            f"{where}: JSON nesting too deep (expected a shallow JSON object); the file is "
+            "corrupt or hostile"
+        ) from None
+    except ValueError as e:  # e.g. an integer literal of more than 4300 digits
+        raise error(f"{where}: invalid JSON value ({e})") from None
+
+
+def read_json_file(
+    path: str | Path,
+    error: type[ValueError] = ConfigError,
+    what: str = "a Hugging Face config.json",
+    max_bytes: int = MAX_JSON_BYTES,
+) -> Any:
+    """Reads a JSON file of at most ``max_bytes``, raising ``error`` naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: file not found (expected a Hugging Face config.json)")
+        raise error(f"{path}: file not found (expected {what})")
     try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(
-            f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
-        ) from e
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise error(
+                f"{path}: size={size} bytes (expected <= {max_bytes} for {what}); this is not "
+                "a JSON file of that kind"
+            )
+        data = path.read_bytes()
+    except OSError as e:
+        raise error(f"{path}: cannot be read ({e.strerror}); check its permissions") from None
+    return parse_json_bytes(data, str(path), error)
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """Reads a JSON object, raising ``ConfigError`` naming the file on any problem."""
+    raw = read_json_file(path)
     _require_mapping(raw, str(path))
     return raw
 
 
 def normalize_dtype(name: Any, field: str) -> str:
-    value = _DTYPE_ALIASES.get(name, name)
+    value = _DTYPE_ALIASES.get(name, name) if isinstance(name, str) else name
     if value not in DTYPES:
-        raise ConfigError(f"config.json: {field}={name!r} (expected one of {DTYPES})")
+        raise ConfigError(f"config.json: {field}={show(name)} (expected one of {DTYPES})")
     return value
 
 
@@ -286,15 +458,58 @@ def _get(raw: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where:
         ok = True
     if not ok:
         names = "/".join(k.__name__ for k in kinds)
-        raise ConfigError(f"{where}: {key}={value!r} (expected {names})")
+        raise ConfigError(f"{where}: {key}={show(value)} (expected {names})")
     return value
 
 
 def _positive(raw: Mapping[str, Any], key: str, where: str, **default) -> int:
+    """An integer field >= 1 and <= ``LIMITS[key]`` (when bounded)."""
     value = _get(raw, key, int, where, **default)
-    if value is not None and value < 1:
+    if "default" in default and (key not in raw or raw[key] is None):
+        return value
+    if value < 1:
         raise ConfigError(f"{where}: {key}={value} (expected an integer >= 1)")
+    limit = LIMITS.get(key)
+    if limit is not None and value > limit:
+        raise ConfigError(
+            f"{where}: {key}={show(value)} (expected <= {limit}, the sanity bound "
+            f"config.LIMITS[{key!r}]); larger than any supported model, so the file is corrupt"
+        )
     return value
+
+
+def _real(
+    raw: Mapping[str, Any], key: str, where: str, *, positive: bool = False, **default
+) -> float | None:
+    """A finite number (``positive``: > 0); ``default=`` makes it optional."""
+    value = _get(raw, key, float, where, **default)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ConfigError(
+            f"{where}: {key}={show(value)} (expected a finite number); NaN or infinity here "
+            "makes every logit NaN"
+        )
+    if positive and number <= 0:
+        raise ConfigError(f"{where}: {key}={show(value)} (expected a number > 0)")
+    return number
+
+
+def _token_id(raw: Mapping[str, Any], key: str, where: str) -> tuple[int, ...]:
+    """An id or list of ids, each an int >= 0 (``eos_token_id`` may list several)."""
+    value = raw.get(key)
+    if value is None:
+        return ()
+    values = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        raise ConfigError(
+            f"{where}: {key}={show(value)} (expected an int or a list of ints, each >= 0)"
+        )
+    return tuple(values)
 
 
 def _parse_model(raw: Mapping[str, Any], where: str) -> ModelConfig:
@@ -302,23 +517,28 @@ def _parse_model(raw: Mapping[str, Any], where: str) -> ModelConfig:
     archs = raw.get("architectures")
     model_type = raw.get("model_type")
     if archs:
-        if not isinstance(archs, list) or len(archs) != 1 or archs[0] not in ARCHITECTURES:
+        if (
+            not isinstance(archs, list)
+            or len(archs) != 1
+            or not isinstance(archs[0], str)
+            or archs[0] not in ARCHITECTURES
+        ):
             raise ConfigError(
-                f"{where}: architectures={archs!r} (expected one of {sorted(ARCHITECTURES)}); "
-                "this runtime supports the Llama family"
+                f"{where}: architectures={show(archs)} (expected one of "
+                f"{sorted(ARCHITECTURES)}); this runtime supports the Llama family"
             )
         arch = archs[0]
         if model_type is not None and model_type != ARCHITECTURES[arch]:
             raise ConfigError(
-                f"{where}: model_type={model_type!r} contradicts architectures={archs!r} "
+                f"{where}: model_type={show(model_type)} contradicts architectures={archs!r} "
                 f"(expected {ARCHITECTURES[arch]!r})"
             )
-    elif model_type in ARCHITECTURES.values():
+    elif isinstance(model_type, str) and model_type in ARCHITECTURES.values():
         arch = next(a for a, t in ARCHITECTURES.items() if t == model_type)
     else:
         raise ConfigError(
-            f"{where}: missing required field 'architectures' (and model_type={model_type!r} is "
-            f"not one of {sorted(ARCHITECTURES.values())})"
+            f"{where}: missing required field 'architectures' (and model_type="
+            f"{show(model_type)} is not one of {sorted(ARCHITECTURES.values())})"
         )
     family = ARCHITECTURES[arch]
 
@@ -342,22 +562,19 @@ def _parse_model(raw: Mapping[str, Any], where: str) -> ModelConfig:
 
     act = _get(raw, "hidden_act", str, where, default="silu")
     if act not in ACTIVATIONS:
-        raise ConfigError(f"{where}: hidden_act={act!r} (expected one of {ACTIVATIONS})")
+        raise ConfigError(f"{where}: hidden_act={show(act)} (expected one of {ACTIVATIONS})")
     attention_bias = _get(raw, "attention_bias", bool, where, default=False)
     qkv_bias = True if family == "qwen2" else attention_bias
     o_bias = False if family == "qwen2" else attention_bias
     mlp_bias = _get(raw, "mlp_bias", bool, where, default=False)
 
     dtype = normalize_dtype(raw.get("dtype") or raw.get("torch_dtype") or "float32", "dtype")
-    eos = raw.get("eos_token_id")
-    if eos is None:
-        eos_ids: tuple[int, ...] = ()
-    elif isinstance(eos, int) and not isinstance(eos, bool):
-        eos_ids = (eos,)
-    elif isinstance(eos, list) and all(isinstance(e, int) for e in eos):
-        eos_ids = tuple(eos)
-    else:
-        raise ConfigError(f"{where}: eos_token_id={eos!r} (expected an int or a list of ints)")
+    bos = _token_id(raw, "bos_token_id", where)
+    if isinstance(raw.get("bos_token_id"), list):
+        raise ConfigError(
+            f"{where}: bos_token_id={show(raw['bos_token_id'])} (expected one int >= 0)"
+        )
+    max_pos = _positive(raw, "max_position_embeddings", where, default=2048)
 
     return ModelConfig(
         architecture=arch,
@@ -368,7 +585,7 @@ def _parse_model(raw: Mapping[str, Any], where: str) -> ModelConfig:
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         head_dim=head_dim,
-        rms_norm_eps=float(_get(raw, "rms_norm_eps", float, where, default=1e-6)),
+        rms_norm_eps=_real(raw, "rms_norm_eps", where, positive=True, default=1e-6),
         hidden_act=act,
         tie_word_embeddings=_get(raw, "tie_word_embeddings", bool, where, default=False),
         qkv_bias=qkv_bias,
@@ -376,21 +593,27 @@ def _parse_model(raw: Mapping[str, Any], where: str) -> ModelConfig:
         mlp_bias=mlp_bias,
         qk_norm=family == "qwen3",
         sliding_windows=_parse_sliding_windows(raw, family, layers, where),
-        rope=_parse_rope(raw, head_dim, where),
-        max_position_embeddings=_positive(raw, "max_position_embeddings", where, default=2048),
+        rope=_parse_rope(raw, head_dim, max_pos, where),
+        max_position_embeddings=max_pos,
         dtype=dtype,
-        bos_token_id=_get(raw, "bos_token_id", int, where, default=None),
-        eos_token_ids=eos_ids,
+        bos_token_id=bos[0] if bos else None,
+        eos_token_ids=_token_id(raw, "eos_token_id", where),
     )
 
 
 def _parse_sliding_windows(
     raw: Mapping[str, Any], family: str, layers: int, where: str
 ) -> tuple[int, ...]:
-    """Per-layer sliding windows; Qwen2/3 use them only with ``use_sliding_window``."""
+    """Per-layer sliding windows; Qwen2/3 use them only with ``use_sliding_window``.
+
+    As in transformers 5, ``use_sliding_window`` with ``sliding_window: null`` means full
+    attention in every layer (the window, not ``layer_types``, decides).
+    """
     if family == "llama" or not _get(raw, "use_sliding_window", bool, where, default=False):
         return (0,) * layers
-    window = _positive(raw, "sliding_window", where)
+    window = _positive(raw, "sliding_window", where, default=None)
+    if window is None:
+        return (0,) * layers
     layer_types = raw.get("layer_types")
     if layer_types is None:
         first = _get(raw, "max_window_layers", int, where, default=layers)
@@ -398,28 +621,33 @@ def _parse_sliding_windows(
             "sliding_attention" if i >= first else "full_attention" for i in range(layers)
         ]
     if not isinstance(layer_types, list) or len(layer_types) != layers:
+        got = len(layer_types) if isinstance(layer_types, list) else show(layer_types)
         raise ConfigError(
-            f"{where}: layer_types has {len(layer_types) if isinstance(layer_types, list) else '?'}"
-            f" entries (expected num_hidden_layers={layers})"
+            f"{where}: layer_types has {got} entries (expected a list of "
+            f"num_hidden_layers={layers} entries)"
         )
     out = []
     for i, t in enumerate(layer_types):
         if t not in ("full_attention", "sliding_attention"):
             raise ConfigError(
-                f"{where}: layer_types[{i}]={t!r} (expected 'full_attention' or "
+                f"{where}: layer_types[{i}]={show(t)} (expected 'full_attention' or "
                 "'sliding_attention')"
             )
         out.append(window if t == "sliding_attention" else 0)
     return tuple(out)
 
 
-def _parse_rope(raw: Mapping[str, Any], head_dim: int, where: str) -> RopeConfig:
+def _parse_rope(raw: Mapping[str, Any], head_dim: int, max_pos: int, where: str) -> RopeConfig:
     """Accepts both ``rope_parameters`` (transformers 5) and ``rope_theta``+``rope_scaling``."""
     params = raw.get("rope_parameters")
     rwhere = f"{where}: rope_parameters"
     if params is None:
-        params = dict(raw.get("rope_scaling") or {})
         rwhere = f"{where}: rope_scaling"
+        scaling = raw.get("rope_scaling")
+        if scaling is None:
+            scaling = {}
+        _require_mapping(scaling, rwhere)
+        params = dict(scaling)
         if "rope_theta" in raw:
             params.setdefault("rope_theta", raw["rope_theta"])
     _require_mapping(params, rwhere)
@@ -429,10 +657,10 @@ def _parse_rope(raw: Mapping[str, Any], head_dim: int, where: str) -> RopeConfig
     if "partial_rotary_factor" in raw:
         params.setdefault("partial_rotary_factor", raw["partial_rotary_factor"])
     rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type not in ROPE_TYPES:
-        raise ConfigError(f"{rwhere}: rope_type={rope_type!r} (expected one of {ROPE_TYPES})")
-    theta = float(_get(params, "rope_theta", float, rwhere, default=10000.0))
-    prf = float(_get(params, "partial_rotary_factor", float, rwhere, default=1.0))
+    if not isinstance(rope_type, str) or rope_type not in ROPE_TYPES:
+        raise ConfigError(f"{rwhere}: rope_type={show(rope_type)} (expected one of {ROPE_TYPES})")
+    theta = _real(params, "rope_theta", rwhere, positive=True, default=10000.0)
+    prf = _real(params, "partial_rotary_factor", rwhere, default=1.0)
     if not 0.0 < prf <= 1.0:
         raise ConfigError(f"{rwhere}: partial_rotary_factor={prf} (expected 0 < value <= 1)")
     rotary_dim = int(head_dim * prf)
@@ -442,47 +670,40 @@ def _parse_rope(raw: Mapping[str, Any], head_dim: int, where: str) -> RopeConfig
             "number >= 2)"
         )
     fields: dict[str, Any] = {"rope_type": rope_type, "theta": theta, "rotary_dim": rotary_dim}
-    max_pos = raw.get("max_position_embeddings", 2048)
+    if rope_type in ("llama3", "yarn", "longrope"):
+        # transformers 5 (standardize_rope_params): absent, it is max_position_embeddings.
+        fields["original_max_position_embeddings"] = _positive(
+            params, "original_max_position_embeddings", rwhere, default=max_pos
+        )
+    orig = fields.get("original_max_position_embeddings", max_pos)
     if rope_type in ("linear", "dynamic", "llama3", "yarn"):
-        factor = _get(params, "factor", float, rwhere, default=None)
+        factor = _real(params, "factor", rwhere, positive=True, default=None)
         if factor is None and rope_type == "yarn":
-            orig = _positive(params, "original_max_position_embeddings", rwhere)
             factor = max_pos / orig
         if factor is None:
             raise ConfigError(
                 f"{rwhere}: missing required field 'factor' for rope_type={rope_type!r}"
             )
-        if factor <= 0:
-            raise ConfigError(f"{rwhere}: factor={factor} (expected > 0)")
-        fields["factor"] = float(factor)
+        fields["factor"] = factor
     if rope_type == "llama3":
-        fields["low_freq_factor"] = float(_get(params, "low_freq_factor", float, rwhere))
-        fields["high_freq_factor"] = float(_get(params, "high_freq_factor", float, rwhere))
-        if fields["high_freq_factor"] <= fields["low_freq_factor"]:
+        low = _real(params, "low_freq_factor", rwhere, positive=True)
+        high = _real(params, "high_freq_factor", rwhere, positive=True)
+        if high <= low:
             raise ConfigError(
-                f"{rwhere}: high_freq_factor={fields['high_freq_factor']} (expected > "
-                f"low_freq_factor={fields['low_freq_factor']})"
+                f"{rwhere}: high_freq_factor={high} (expected > low_freq_factor={low})"
             )
-    if rope_type in ("llama3", "yarn", "longrope"):
-        fields["original_max_position_embeddings"] = _positive(
-            params,
-            "original_max_position_embeddings",
-            rwhere,
-            **(
-                {"default": raw.get("original_max_position_embeddings", max_pos)}
-                if rope_type == "longrope"
-                else {}
-            ),
-        )
+        fields["low_freq_factor"], fields["high_freq_factor"] = low, high
     if rope_type == "dynamic":
         fields["original_max_position_embeddings"] = max_pos
     if rope_type == "yarn":
-        fields["beta_fast"] = float(_get(params, "beta_fast", float, rwhere, default=32.0))
-        fields["beta_slow"] = float(_get(params, "beta_slow", float, rwhere, default=1.0))
+        fields["beta_fast"] = _real(params, "beta_fast", rwhere, positive=True, default=32.0)
+        fields["beta_slow"] = _real(params, "beta_slow", rwhere, positive=True, default=1.0)
         fields["truncate"] = _get(params, "truncate", bool, rwhere, default=True)
-        for key in ("attention_factor", "mscale", "mscale_all_dim"):
-            value = _get(params, key, float, rwhere, default=None)
-            fields[key] = None if value is None else float(value)
+        fields["attention_factor"] = _real(
+            params, "attention_factor", rwhere, positive=True, default=None
+        )
+        for key in ("mscale", "mscale_all_dim"):
+            fields[key] = _real(params, key, rwhere, default=None)
     if rope_type == "longrope":
         for key in ("short_factor", "long_factor"):
             value = _get(params, key, list, rwhere)
@@ -491,13 +712,19 @@ def _parse_rope(raw: Mapping[str, Any], head_dim: int, where: str) -> RopeConfig
                     f"{rwhere}: {key} has {len(value)} entries (expected rotary_dim/2="
                     f"{rotary_dim // 2})"
                 )
-            fields[key] = tuple(float(v) for v in value)
-        factor = _get(params, "factor", float, rwhere, default=None)
-        orig = fields["original_max_position_embeddings"]
-        fields["factor"] = float(factor if factor is not None else max_pos / orig)
-        af = _get(params, "attention_factor", float, rwhere, default=None)
+            items = {f"{key}[{i}]": v for i, v in enumerate(value)}
+            fields[key] = tuple(_real(items, k, rwhere, positive=True) for k in items)
+        factor = _real(params, "factor", rwhere, positive=True, default=None)
+        fields["factor"] = factor if factor is not None else max_pos / orig
+        af = _real(params, "attention_factor", rwhere, positive=True, default=None)
         if af is None:
             f = fields["factor"]
+            if f > 1.0 and orig < 2:
+                raise ConfigError(
+                    f"{rwhere}: original_max_position_embeddings={orig} (expected >= 2 when "
+                    "factor > 1 and attention_factor is unset: it divides by log(value)); set "
+                    "attention_factor or the pretraining context length"
+                )
             af = 1.0 if f <= 1.0 else math.sqrt(1 + math.log(f) / math.log(orig))
-        fields["attention_factor"] = float(af)
+        fields["attention_factor"] = af
     return RopeConfig(**fields)

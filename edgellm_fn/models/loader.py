@@ -7,16 +7,22 @@ read; q/k/v and gate/up projections are fused, keeping the checkpoint's ``[out, 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import jax.numpy as jnp
 import numpy as np
 
-from ..config import ModelConfig, normalize_dtype
-from ..errors import CheckpointError
+from ..config import ModelConfig, normalize_dtype, read_json_file
+from ..errors import CheckpointError, show
 from .llama import Params
-from .safetensors_io import load_file, read_header, save_file
+from .safetensors_io import (
+    FLOAT_DTYPES,
+    FLOAT_NUMPY_DTYPES,
+    dtype_name,
+    load_file,
+    read_header,
+    save_file,
+)
 
 _JNP = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -52,19 +58,25 @@ def hf_tensor_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def _locate(ckpt: Path) -> dict[str, Path]:
-    """Maps each tensor name to the file that holds it."""
+    """Maps each tensor name to the file that holds it (always inside ``ckpt``)."""
     index = ckpt / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index}: invalid index ({e}); expected a 'weight_map'") from e
-        files = {}
+        raw = read_json_file(index, CheckpointError, "a safetensors index")
+        weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
+        if not isinstance(weight_map, dict):
+            got = show(weight_map) if isinstance(raw, dict) else f"a {type(raw).__name__}"
+            raise CheckpointError(
+                f"{index}: weight_map={got} (expected an object mapping tensor names to shard "
+                "file names); re-save the checkpoint with save_pretrained"
+            )
+        root = ckpt.resolve()
+        files: dict[str, Path] = {}
+        shards: dict[str, Path] = {}
         for name, shard in weight_map.items():
-            path = ckpt / shard
-            if not path.is_file():
-                raise CheckpointError(f"{index}: tensor {name!r} is in {shard}, which is missing")
-            files[name] = path
+            if not isinstance(shard, str) or shard not in shards:
+                path = _shard_path(index, root, name, shard)  # refuses a non-str shard
+                shards[shard] = path
+            files[name] = shards[shard]
         return files
     single = ckpt / "model.safetensors"
     if not single.is_file():
@@ -76,28 +88,104 @@ def _locate(ckpt: Path) -> dict[str, Path]:
     return dict.fromkeys(header, single)
 
 
-def load_hf_tensors(ckpt: str | Path, cfg: ModelConfig) -> dict[str, np.ndarray]:
-    """Reads and shape-checks every tensor ``cfg`` needs; extra tensors are ignored."""
+def _shard_path(index: Path, root: Path, name: str, shard) -> Path:
+    """The shard's path, refused unless it names a file inside the checkpoint directory.
+
+    The name must be relative with no ``..`` part, and its folder must resolve inside ``root``;
+    the file itself may be a symlink (the Hugging Face hub cache links snapshots to blobs).
+    """
+    where = f"{index}: weight_map[{show(name)}]"
+    if not isinstance(shard, str) or not shard or "\x00" in shard:
+        raise CheckpointError(f"{where}={show(shard)} (expected a shard file name)")
+    rel = PurePosixPath(shard.replace("\\", "/"))
+    if rel.is_absolute() or ".." in rel.parts or PureWindowsPath(shard).drive:
+        raise CheckpointError(
+            f"{where}={show(shard)} (expected a file name inside the checkpoint directory "
+            f"{root}); the index points outside the checkpoint, refusing to read it"
+        )
+    path = root.joinpath(*rel.parts)
+    try:
+        folder = path.parent.resolve()
+    except (OSError, RuntimeError) as e:
+        raise CheckpointError(f"{where}={show(shard)} cannot be resolved ({e})") from None
+    if not folder.is_relative_to(root):
+        raise CheckpointError(
+            f"{where}={show(shard)} (expected a file inside the checkpoint directory {root}); "
+            f"its folder resolves to {folder}, refusing to read outside the checkpoint"
+        )
+    if not path.is_file():
+        raise CheckpointError(f"{index}: tensor {show(name)} is in {shard}, which is missing")
+    return path
+
+
+def load_hf_tensors(
+    ckpt: str | Path, cfg: ModelConfig, *, allow_non_finite: bool = False
+) -> dict[str, np.ndarray]:
+    """Reads and checks every tensor ``cfg`` needs; extra tensors are ignored.
+
+    Each must have its ``config.json`` shape and a floating dtype, and (unless
+    ``allow_non_finite``) hold no NaN or infinity.
+
+    Raises:
+      CheckpointError: a file or tensor is missing, corrupt, of the wrong shape or dtype, or
+        holds non-finite values; the message names the file and the tensor.
+    """
     ckpt = Path(ckpt)
     located = _locate(ckpt)
+    index = ckpt / "model.safetensors.index.json"
+    source = index if index.is_file() else ckpt / "model.safetensors"
     shapes = hf_tensor_shapes(cfg)
     by_file: dict[Path, set[str]] = {}
     for name in shapes:
         if name not in located:
             raise CheckpointError(
-                f"{ckpt}: missing tensor {name!r} (expected shape {list(shapes[name])})"
+                f"{source}: missing tensor {name!r} (expected shape {list(shapes[name])})"
             )
         by_file.setdefault(located[name], set()).add(name)
     tensors: dict[str, np.ndarray] = {}
     for path, names in sorted(by_file.items()):
-        tensors.update(load_file(path, names))
+        loaded = load_file(path, names)
+        for name in sorted(names):
+            if name not in loaded:
+                raise CheckpointError(
+                    f"{path}: missing tensor {name!r} (the index lists it in this file; expected "
+                    f"shape {list(shapes[name])}); the index and the shard disagree"
+                )
+        tensors.update(loaded)
     for name, shape in shapes.items():
-        if tensors[name].shape != shape:
+        arr = tensors[name]
+        if arr.shape != shape:
             raise CheckpointError(
-                f"{located[name]}: tensor {name!r} has shape {list(tensors[name].shape)} (expected "
+                f"{located[name]}: tensor {name!r} has shape {list(arr.shape)} (expected "
                 f"{list(shape)} from config.json)"
             )
+        if arr.dtype not in FLOAT_NUMPY_DTYPES:
+            raise CheckpointError(
+                f"{located[name]}: tensor {name!r} dtype={dtype_name(arr.dtype)} (expected one "
+                f"of {sorted(FLOAT_DTYPES)}: it is a floating weight); the header's dtype is wrong"
+            )
+        if not allow_non_finite:
+            _check_finite(located[name], name, arr)
     return tensors
+
+
+def _check_finite(path: Path, name: str, arr: np.ndarray) -> None:
+    """Refuses NaN/inf, scanning in blocks so the check never doubles the memory of a tensor."""
+    flat = arr.reshape(-1)
+    first, count = None, 0
+    for lo in range(0, flat.size, 1 << 22):
+        bad = ~np.isfinite(flat[lo : lo + (1 << 22)])
+        n = int(bad.sum())
+        if n and first is None:
+            first = lo + int(np.argmax(bad))
+        count += n
+    if count:
+        index = [int(i) for i in np.unravel_index(first, arr.shape)]
+        raise CheckpointError(
+            f"{path}: tensor {name!r} holds {count} non-finite values (first "
+            f"{float(flat[first])} at index {index}; expected finite weights); the checkpoint "
+            "is corrupt, or pass allow_non_finite=True to load it anyway"
+        )
 
 
 def params_from_hf(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype: str) -> Params:
@@ -145,19 +233,23 @@ def params_from_hf(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype: str)
     return params
 
 
-def load_checkpoint(ckpt: str | Path, dtype: str | None = None) -> tuple[ModelConfig, Params]:
+def load_checkpoint(
+    ckpt: str | Path, dtype: str | None = None, *, allow_non_finite: bool = False
+) -> tuple[ModelConfig, Params]:
     """Loads ``config.json`` and the safetensors weights of a Hugging Face checkpoint directory.
 
     Args:
       ckpt: checkpoint directory.
       dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``; defaults to the checkpoint's.
+      allow_non_finite: load weights holding NaN or infinity instead of refusing them.
 
     Raises:
       ConfigError: config.json is missing or invalid.
-      CheckpointError: a weight file or tensor is missing, truncated or of the wrong shape.
+      CheckpointError: a weight file or tensor is missing, truncated, corrupt, outside the
+        checkpoint directory, of the wrong shape or dtype, or holds NaN/inf.
     """
     cfg = ModelConfig.from_file(Path(ckpt) / "config.json")
-    tensors = load_hf_tensors(ckpt, cfg)
+    tensors = load_hf_tensors(ckpt, cfg, allow_non_finite=allow_non_finite)
     return cfg, params_from_hf(cfg, tensors, dtype or cfg.dtype)
 
 

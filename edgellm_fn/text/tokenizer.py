@@ -8,14 +8,14 @@ ids of ``generation_config.json`` / ``config.json``. Encoding, decoding and chat
 
 from __future__ import annotations
 
-import json
 import pathlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import tokenizers
 
-from edgellm_fn.errors import CheckpointError, ConfigError, InputError
+from edgellm_fn.config import read_json_file
+from edgellm_fn.errors import CheckpointError, ConfigError, InputError, show
 from edgellm_fn.text import chat_template
 
 SPECIAL_TOKEN_FIELDS = (
@@ -32,10 +32,7 @@ SPECIAL_TOKEN_FIELDS = (
 def _read_json(path: pathlib.Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid JSON ({e}); re-save the file") from None
+    data = read_json_file(path, ConfigError, "a JSON object")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level={type(data).__name__} (expected a JSON object)")
     return data
@@ -93,11 +90,16 @@ class Tokenizer:
         self.name = name
 
     @classmethod
-    def from_dir(cls, path: str | pathlib.Path) -> Tokenizer:
+    def from_dir(cls, path: str | pathlib.Path, *, vocab_size: int | None = None) -> Tokenizer:
         """Loads the tokenizer of a Hugging Face checkpoint directory.
 
+        Args:
+          path: the checkpoint directory.
+          vocab_size: the model's ``vocab_size``; when given, ``check_vocab`` runs on load.
+
         Raises:
-          CheckpointError: the directory or ``tokenizer.json`` is missing or unreadable.
+          CheckpointError: the directory or ``tokenizer.json`` is missing or unreadable, or the
+            tokenizer has ids the model's embedding does not (``vocab_size``).
           ConfigError: a JSON file or one of its fields is malformed.
         """
         root = pathlib.Path(path)
@@ -130,7 +132,7 @@ class Tokenizer:
                     "(expected a token of tokenizer.json)"
                 )
             eos.append(eos_id)
-        return cls(
+        tokenizer = cls(
             backend,
             special_tokens=special,
             eos_token_ids=list(dict.fromkeys(eos)),
@@ -138,6 +140,33 @@ class Tokenizer:
             clean_up_tokenization_spaces=bool(config.get("clean_up_tokenization_spaces", False)),
             name=str(root),
         )
+        if vocab_size is not None:
+            tokenizer.check_vocab(vocab_size)
+        return tokenizer
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """Refuses a tokenizer with ids the model cannot embed (``id >= vocab_size``).
+
+        A model's vocab may be larger than its tokenizer's (padded embeddings), never smaller:
+        an id past the embedding table would be looked up out of range and give garbage.
+
+        Args:
+          vocab_size: the model's ``vocab_size`` (``ModelConfig.vocab_size``).
+
+        Raises:
+          CheckpointError: the tokenizer (added tokens included) has more ids.
+        """
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+            raise InputError(
+                f"Tokenizer.check_vocab: vocab_size={show(vocab_size)} (expected an int >= 1)"
+            )
+        largest = max(self.backend.get_vocab(with_added_tokens=True).values(), default=-1)
+        if largest >= vocab_size:
+            raise CheckpointError(
+                f"{self.name}: tokenizer vocab_size={max(self.vocab_size, largest + 1)} "
+                f"(expected <= the model's vocab_size={vocab_size} from config.json); the "
+                "tokenizer belongs to another model, so its ids would index past the embedding"
+            )
 
     @property
     def vocab_size(self) -> int:

@@ -67,7 +67,7 @@ def _bad(**changes):
         (_bad(req_temperature=1), r"requests\[0\]: unknown field 'temperature'"),
         (_bad(req_messages=[{"content": "x"}]), r"requests\[0\].messages\[0\]: expected \{'role'"),
         (_bad(req_num_logprobs=51), r"num_logprobs=51 \(expected 0..50\)"),
-        (_bad(req_logit_bias={"x": 1}), r"logit_bias key 'x' \(expected a token id\)"),
+        (_bad(req_logit_bias={"x": 1}), r"logit_bias key 'x' \(expected a token id 0..16777215\)"),
         (_bad(req_logit_bias={"3": "big"}), r"logit_bias\[3\]='big' \(expected a number\)"),
         (_bad(req_stop=[""]), r"stop=\[''\] \(expected non-empty strings\)"),
         (_bad(req_lora_name="a"), r"lora_name='a' \(expected null\); no LoRA support"),
@@ -136,3 +136,90 @@ def test_cli_inspect_and_bench(checkpoints, capsys, tmp_path):
     )
     row = json.loads(out.read_text())[0]
     assert row["decode_ms"] > 0 and row["prefill_tokens_per_s"] > 0 and row["context"] == 16
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        (
+            _bad(max_generate_length=10_000_000_000),
+            r"max_generate_length=10000000000 \(expected <= 16777216\); no KV cache holds",
+        ),
+        (_bad(temperature=float("nan")), r"temperature=nan \(expected a finite number\)"),
+        (_bad(temperature=float("inf")), r"temperature=inf \(expected a finite number\)"),
+        (_bad(temperature=10**400), r"temperature=.* \(expected a finite number\)"),
+        (_bad(top_k=10**12), r"top_k=1000000000000 \(expected <= 16777216\); no vocab"),
+        (_bad(batch_size=10**9), r"batch_size=1000000000 \(expected <= 65536\)"),
+        (
+            _bad(req_logit_bias={"7": float("nan")}),
+            r"logit_bias\[7\]=nan \(expected a finite number\)",
+        ),
+        (_bad(req_logit_bias={"1_0": 1}), r"logit_bias key '1_0' \(expected a token id"),
+        (
+            _bad(req_logit_bias={"99999999999": 1}),
+            r"logit_bias key '99999999999' \(expected a token id",
+        ),
+        (
+            _bad(req_messages=[{"role": "user", "content": "hi \ud800 there"}]),
+            r"requests\[0\].messages\[0\]: content='hi \\ud800 there' has a lone surrogate '\\ud800' at index 3 \(expected valid Unicode text\)",
+        ),
+        (
+            _bad(req_messages=[{"role": "\udfff", "content": "x"}]),
+            r"messages\[0\]: role='\\udfff' has a lone surrogate",
+        ),
+        (
+            _bad(req_messages=[{"role": "user", "content": [{"type": "text", "text": "\ud83d"}]}]),
+            r"messages\[0\]: content\[0\].text='\\ud83d' has a lone surrogate",
+        ),
+        (
+            _bad(req_stop=["ok", "\ud800"]),
+            r"requests\[0\]: stop\[1\]='\\ud800' has a lone surrogate",
+        ),
+    ],
+)
+def test_hostile_fields_are_named(raw, match):
+    with pytest.raises(InputError, match=match):
+        parse_requests(raw)
+
+
+def test_generate_length_limit_is_a_parameter():
+    assert parse_requests(_bad(max_generate_length=64), generate_length_limit=64)
+    with pytest.raises(InputError, match=r"max_generate_length=65 \(expected <= 64\)"):
+        parse_requests(_bad(max_generate_length=65), generate_length_limit=64)
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (b'{"requests": "\xff"}', r"r.json: byte 14=b'\\xff' \(expected UTF-8 text\)"),
+        (b"[" * 100_000 + b"]" * 100_000, r"r.json: JSON nesting too deep"),
+        (json.dumps(_bad(req_stop=["\ud800"])).encode(), r"r.json: requests\[0\]: stop\[0\]="),
+    ],
+)
+def test_hostile_request_files(tmp_path, content, match):
+    (tmp_path / "r.json").write_bytes(content)
+    with pytest.raises(InputError, match=match):
+        load_requests(tmp_path / "r.json")
+    with pytest.raises(InputError, match=r"nope.json: file not found \(expected a request JSON"):
+        load_requests(tmp_path / "nope.json")
+
+
+def test_output_json_is_strict():
+    from edgellm_fn.runtime.generate import Completion
+    from edgellm_fn.text.requests import MIN_LOGPROB, responses_json, responses_text
+
+    lp = [
+        {
+            "token_id": 3,
+            "token": "a",
+            "logprob": float("nan"),
+            "top_logprobs": [{"token_id": 4, "token": "b", "logprob": float("-inf")}],
+        }
+    ]
+    done = Completion(text="a", tokens=[3], finish_reason="length", logprobs=lp, prompt_tokens=1)
+    text = responses_text([done])
+    assert "NaN" not in text and "Infinity" not in text
+    back = json.loads(text)["responses"][0]["logprobs"][0]
+    assert back["logprob"] is None and back["top_logprobs"][0]["logprob"] == MIN_LOGPROB == -9999.0
+    json.dumps(responses_json([done]), allow_nan=False)  # what cli.py writes is strict too
+    assert lp[0]["logprob"] != lp[0]["logprob"]  # the completion itself is untouched (NaN)

@@ -273,7 +273,10 @@ def test_load_errors(tmp_path, ckpt):
         Tokenizer.from_dir(tmp_path)
     (tmp_path / "tokenizer.json").write_text((ckpt / "tokenizer.json").read_text())
     bad = {
-        "tokenizer_config.json": ("{not json", r"tokenizer_config.json: not valid JSON"),
+        "tokenizer_config.json": (
+            "{not json",
+            r"tokenizer_config.json: invalid JSON at line 1 column 2",
+        ),
         "generation_config.json": (
             json.dumps({"eos_token_id": "2"}),
             r"generation_config.json: eos_token_id='2' \(expected an int >= 0 or a list of them\)",
@@ -325,3 +328,24 @@ def test_chat_template_errors(tmp_path, tok):
         tok.encode([1])
     with pytest.raises(InputError, match=r"stop='END' \(expected a list of non-empty str\)"):
         StopStringFilter("END")
+
+
+def test_tokenizer_larger_than_the_model_vocab_is_refused(tmp_path):
+    from ..conftest import write_char_tokenizer
+
+    write_char_tokenizer(tmp_path, vocab_size=128)
+    tok = Tokenizer.from_dir(tmp_path, vocab_size=128)  # equal: fine
+    tok.check_vocab(256)  # a padded model vocab is fine too
+    with pytest.raises(
+        CheckpointError,
+        match=r"tokenizer vocab_size=128 \(expected <= the model's vocab_size=100 from config.json\); the tokenizer belongs to another model",
+    ):
+        Tokenizer.from_dir(tmp_path, vocab_size=100)
+    with pytest.raises(
+        CheckpointError, match=r"tokenizer vocab_size=128 \(expected <= the model's vocab_size=127"
+    ):
+        tok.check_vocab(127)
+    with pytest.raises(
+        InputError, match=r"Tokenizer.check_vocab: vocab_size='x' \(expected an int >= 1\)"
+    ):
+        tok.check_vocab("x")
