@@ -103,28 +103,6 @@ __global__ void __launch_bounds__(kThreads) AttendKernel(const Plan p) {
 
   const Range r = RowRange(p.start[b], p.ctx[b], c, p.window);
   const uint16_t* row = static_cast<const uint16_t*>(p.qkv) + b * (hq + 2 * hkv) * d;
-  // New token: vectors 0..G-1 are the q heads, G is k, G+1 is v.
-  for (int vec = warp; vec < g_heads + 2; vec += kWarps) {
-    float* dst = vec < g_heads ? q_s[vec] : (vec == g_heads ? kn_s : vn_s);
-    const int64_t off = vec < g_heads ? (h * g_heads + vec) * d
-                                      : (vec == g_heads ? (hq + h) * d : (hq + hkv + h) * d);
-    for (int i = lane; i < d; i += 32) dst[i] = Load(Tag{}, row[off + i]);
-    __syncwarp();
-    if (vec <= g_heads) {
-      NormRopeWarp<Tag>(p, dst, static_cast<const uint16_t*>(vec < g_heads ? p.q_norm : p.k_norm),
-                        b, r.pos);
-    }
-  }
-  __syncthreads();
-  uint16_t* kh = static_cast<uint16_t*>(p.k) + (b * hkv + h) * c * d;
-  uint16_t* vh = static_cast<uint16_t*>(p.v) + (b * hkv + h) * c * d;
-  if (split == 0 && r.write) {
-    for (int i = threadIdx.x; i < d; i += kThreads) {
-      kh[r.pos * d + i] = Bits(Tag{}, kn_s[i]);
-      vh[r.pos * d + i] = Bits(Tag{}, vn_s[i]);
-    }
-  }
-
   // This split's share of [lo, hi), in multiples of 16 slots.
   const int64_t n = r.hi - r.lo;
   int64_t chunk = (n + p.splits - 1) / p.splits;
@@ -138,6 +116,45 @@ __global__ void __launch_bounds__(kThreads) AttendKernel(const Plan p) {
   const int spw = 32 / lps;  // slots per warp
   const int ch = lane % lps, sl = lane / lps;
   const bool active = ch * 8 < d;
+  uint16_t* kh = static_cast<uint16_t*>(p.k) + (b * hkv + h) * c * d;
+  uint16_t* vh = static_cast<uint16_t*>(p.v) + (b * hkv + h) * c * d;
+  const uint4* k4 = reinterpret_cast<const uint4*>(kh);
+  const uint4* v4 = reinterpret_cast<const uint4*>(vh);
+  const int64_t d8 = d / 8;
+  const int64_t stride = static_cast<int64_t>(kWarps) * spw;
+  // The first slots' loads are issued before the new token's prologue, to overlap it.
+  uint4 kv[kUnroll], vv[kUnroll];
+  auto issue = [&](int64_t wb) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t j = wb + sl + u * stride;
+      if (j < s1 && active) {
+        kv[u] = LoadStream(k4 + j * d8 + ch);
+        vv[u] = LoadStream(v4 + j * d8 + ch);
+      }
+    }
+  };
+  issue(s0 + warp * spw);
+  // New token: vectors 0..G-1 are the q heads, G is k, G+1 is v.
+  for (int vec = warp; vec < g_heads + 2; vec += kWarps) {
+    float* dst = vec < g_heads ? q_s[vec] : (vec == g_heads ? kn_s : vn_s);
+    const int64_t off = vec < g_heads ? (h * g_heads + vec) * d
+                                      : (vec == g_heads ? (hq + h) * d : (hq + hkv + h) * d);
+    for (int i = lane; i < d; i += 32) dst[i] = Load(Tag{}, row[off + i]);
+    __syncwarp();
+    if (vec <= g_heads) {
+      NormRopeWarp<Tag>(p, dst, static_cast<const uint16_t*>(vec < g_heads ? p.q_norm : p.k_norm),
+                        b, r.pos);
+    }
+  }
+  __syncthreads();
+  if (split == 0 && r.write) {
+    for (int i = threadIdx.x; i < d; i += kThreads) {
+      kh[r.pos * d + i] = Bits(Tag{}, kn_s[i]);
+      vh[r.pos * d + i] = Bits(Tag{}, vn_s[i]);
+    }
+  }
+
   float qf[kG][8];
 #pragma unroll
   for (int g = 0; g < kG; ++g)
@@ -151,22 +168,16 @@ __global__ void __launch_bounds__(kThreads) AttendKernel(const Plan p) {
 #pragma unroll
     for (int e = 0; e < 8; ++e) acc[g][e] = 0.0f;
   }
-  const uint4* k4 = reinterpret_cast<const uint4*>(kh);
-  const uint4* v4 = reinterpret_cast<const uint4*>(vh);
-  const int64_t d8 = d / 8;
-  const int64_t stride = static_cast<int64_t>(kWarps) * spw;
   // The trip count is uniform across the warp (the shuffles below need every lane).
   for (int64_t wbase = s0 + warp * spw; wbase < s1; wbase += stride * kUnroll) {
     const int64_t base = wbase + sl;
-    uint4 kv[kUnroll], vv[kUnroll];
+    uint4 kc[kUnroll], vc[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int64_t j = base + u * stride;
-      if (j < s1 && active) {
-        kv[u] = LoadStream(k4 + j * d8 + ch);
-        vv[u] = LoadStream(v4 + j * d8 + ch);
-      }
+      kc[u] = kv[u];
+      vc[u] = vv[u];
     }
+    issue(wbase + stride * kUnroll);  // next iteration's loads fly during this one's math
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t j = base + u * stride;
@@ -179,8 +190,8 @@ __global__ void __launch_bounds__(kThreads) AttendKernel(const Plan p) {
           vf[e] = active ? vn_s[ch * 8 + e] : 0.0f;
         }
       } else if (valid && active) {
-        Unpack<Tag>(kv[u], kf);
-        Unpack<Tag>(vv[u], vf);
+        Unpack<Tag>(kc[u], kf);
+        Unpack<Tag>(vc[u], vf);
       } else {
 #pragma unroll
         for (int e = 0; e < 8; ++e) kf[e] = vf[e] = 0.0f;
@@ -256,24 +267,43 @@ __global__ void __launch_bounds__(kThreads) AttendKernel(const Plan p) {
   }
 }
 
+// One block per (row, head): the split weights exp(m_s - M) are computed once, in parallel, then
+// each thread sums its dims over the splits with independent (unrolled) loads.
 template <typename Tag>
-__global__ void CombineKernel(const Plan p) {
+__global__ void __launch_bounds__(128) CombineKernel(const Plan p) {
+  constexpr int kMaxSplits = 64;
+  __shared__ float weight[kMaxSplits];
+  __shared__ float red[4];
+  __shared__ float total;
   const int64_t bh = blockIdx.x;  // b * Hq + head
-  const int d = static_cast<int>(p.head_dim);
-  const float* ml = p.part_ml + bh * p.splits * 2;
-  const float* acc = p.part_acc + bh * p.splits * d;
-  float mx = -INFINITY;
-  for (int64_t s = 0; s < p.splits; ++s) mx = fmaxf(mx, ml[s * 2]);
-  for (int i = threadIdx.x; i < d; i += blockDim.x) {
-    float sum = 0.0f, a = 0.0f;
-    if (mx != -INFINITY) {
-      for (int64_t s = 0; s < p.splits; ++s) {
-        const float f = __expf(ml[s * 2] - mx);
-        sum += ml[s * 2 + 1] * f;
-        a += acc[s * d + i] * f;
-      }
-    }
-    static_cast<uint16_t*>(p.out)[bh * d + i] = Bits(Tag{}, sum > 0.0f ? a / sum : 0.0f);
+  const int d = static_cast<int>(p.head_dim), tid = threadIdx.x;
+  const int splits = static_cast<int>(p.splits);
+  const float* ml = p.part_ml + bh * splits * 2;
+  const float* acc = p.part_acc + bh * splits * d;
+  const float m = tid < splits ? ml[tid * 2] : -INFINITY;
+  const float l = tid < splits ? ml[tid * 2 + 1] : 0.0f;
+  float mx = m;
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+  if ((tid & 31) == 0) red[tid >> 5] = mx;
+  __syncthreads();
+  mx = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
+  const float wgt = (tid < splits && mx != -INFINITY) ? __expf(m - mx) : 0.0f;
+  if (tid < splits) weight[tid] = wgt;
+  float lw = l * wgt;
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) lw += __shfl_xor_sync(0xffffffffu, lw, off);
+  __syncthreads();
+  if ((tid & 31) == 0) red[tid >> 5] = lw;
+  __syncthreads();
+  if (tid == 0) total = red[0] + red[1] + red[2] + red[3];
+  __syncthreads();
+  const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+  for (int i = tid; i < d; i += blockDim.x) {
+    float a = 0.0f;
+#pragma unroll 8
+    for (int sp = 0; sp < splits; ++sp) a = fmaf(acc[sp * d + i], weight[sp], a);
+    static_cast<uint16_t*>(p.out)[bh * d + i] = Bits(Tag{}, a * inv);
   }
 }
 
@@ -286,8 +316,7 @@ ffi::Error LaunchG(cudaStream_t stream, const Plan& p) {
     return ffi::Error::Internal(std::string("edgellm_decode_attention: launch failed: ") +
                                 cudaGetErrorString(err));
   }
-  const int threads = static_cast<int>((p.head_dim + 31) / 32 * 32);
-  CombineKernel<Tag><<<static_cast<unsigned>(p.batch * p.q_heads), threads, 0, stream>>>(p);
+  CombineKernel<Tag><<<static_cast<unsigned>(p.batch * p.q_heads), 128, 0, stream>>>(p);
   if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
     return ffi::Error::Internal(std::string("edgellm_decode_attention: combine failed: ") +
                                 cudaGetErrorString(err));
@@ -319,6 +348,7 @@ ffi::Error AttendDispatch(cudaStream_t stream, ffi::AnyBuffer qkv, ffi::AnyBuffe
   }
   if (p.head_dim % 8 || p.head_dim > kMaxDim) return Bad("head_dim must be 8..256, a multiple of 8");
   if (p.q_heads / p.kv_heads > 8) return Bad("at most 8 query heads per kv head on the GPU");
+  if (p.splits > 64) return Bad("at most 64 splits");
   const size_t bytes = static_cast<size_t>(k.size_bytes());
   if (p.k != p.k_in) cudaMemcpyAsync(p.k, p.k_in, bytes, cudaMemcpyDeviceToDevice, stream);
   if (p.v != p.v_in) cudaMemcpyAsync(p.v, p.v_in, bytes, cudaMemcpyDeviceToDevice, stream);

@@ -53,6 +53,11 @@ def kernel_support(cfg: EngineConfig, batch: int, platform: str) -> str | None:
     return None
 
 
+#: Rows up to which the fused GEMV beats XLA's (measured on an H200: at 8 rows cuBLAS wins,
+#: BENCHMARKS.md); past it the projections use the XLA path and attention stays fused.
+GEMV_ROWS = 2
+
+
 def _ops(use_kernels: bool):
     return (gemv, decode_attention) if use_kernels else (gemv_ref, decode_attention_ref)
 
@@ -81,6 +86,8 @@ def decode_layers(
       ``(hidden [B, H] before the final norm, k_caches, v_caches)``.
     """
     linear, attend = _ops(use_kernels)
+    if x.shape[0] > GEMV_ROWS:
+        linear = gemv_ref
     eps = cfg.rms_norm_eps
     new_k, new_v = [], []
     for i, lp in enumerate(params["layers"]):
@@ -118,6 +125,8 @@ def head_logits(
 ) -> jax.Array:
     """Final norm and lm_head of ``hidden [..., H]`` as one GEMV; float32 ``[..., V]``."""
     linear, _ = _ops(use_kernels)
+    if hidden.size // hidden.shape[-1] > GEMV_ROWS:
+        linear = gemv_ref
     head = params.get("lm_head", params["embed"])
     return linear(
         hidden, head, norm_weight=params["final_norm"], eps=cfg.rms_norm_eps, out_dtype=jnp.float32
