@@ -195,12 +195,20 @@ def sample(
             f"sample: keys.shape={keys.shape} (expected leading dim B={logits.shape[0]}); "
             "pass jax.random.split(key, B)"
         )
-    f = _filter(config, params, logits)
-    argmax = jnp.argmax(f.biased, axis=-1).astype(jnp.int32)
-    choice = jax.vmap(jax.random.categorical)(keys, f.vals).astype(jnp.int32)  # [B]
-    choice = jnp.take_along_axis(f.ids, choice[:, None], axis=1)[:, 0]
-    tokens = jnp.where(f.greedy, argmax, choice)
-    logprobs = jax.nn.log_softmax(f.biased, axis=-1)
+    _check_shapes(config, params, logits)
+    biased = apply_logit_bias(logits.astype(jnp.float32), params.bias_ids, params.bias_values)
+    argmax = jnp.argmax(biased, axis=-1).astype(jnp.int32)
+
+    def draw() -> jax.Array:
+        f = _filter(config, params, logits)
+        choice = jax.vmap(jax.random.categorical)(keys, f.vals).astype(jnp.int32)  # [B]
+        choice = jnp.take_along_axis(f.ids, choice[:, None], axis=1)[:, 0]
+        return jnp.where(f.greedy, argmax, choice)
+
+    # An all-greedy batch skips the candidate sort (a full-vocabulary sort when max_top_k = 0).
+    all_greedy = jnp.all((params.temperature <= 0) | (params.top_k == 1))
+    tokens = lax.cond(all_greedy, lambda: argmax, draw)
+    logprobs = jax.nn.log_softmax(biased, axis=-1)
     token_logprobs = jnp.take_along_axis(logprobs, tokens[:, None], axis=1)[:, 0]
     k = min(config.max_num_logprobs, logits.shape[1])
     if k > 0:
