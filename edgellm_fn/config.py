@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .dtypes import FLOAT_DTYPES
 from .errors import ConfigError
 
 ARCHITECTURES = {
@@ -23,7 +24,7 @@ ARCHITECTURES = {
 }
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 ACTIVATIONS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = FLOAT_DTYPES
 _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 
 

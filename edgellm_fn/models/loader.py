@@ -14,11 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..config import ModelConfig, normalize_dtype
+from ..dtypes import dtype as lookup_dtype
 from ..errors import CheckpointError
 from .llama import Params
 from .safetensors_io import load_file, read_header, save_file
-
-_JNP = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def hf_tensor_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -102,7 +101,7 @@ def load_hf_tensors(ckpt: str | Path, cfg: ModelConfig) -> dict[str, np.ndarray]
 
 def params_from_hf(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype: str) -> Params:
     """Fuses Hugging Face tensors into the params pytree, cast to ``dtype``."""
-    jdt = _JNP[normalize_dtype(dtype, "dtype")]
+    jdt = lookup_dtype(normalize_dtype(dtype, "dtype")).jnp
 
     def t(name: str) -> np.ndarray:
         return np.asarray(tensors[name], np.float32)

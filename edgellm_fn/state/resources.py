@@ -5,15 +5,13 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 
 from ..config import EngineConfig
+from ..dtypes import dtype
 from ..errors import InputError
 from .io import PipelineIO
 from .kv import KVCache
 from .rope import rope_table
-
-_JNP = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 @jax.tree_util.register_dataclass
@@ -38,7 +36,7 @@ class SharedResources:
             m.num_key_value_heads,
             cfg.kv_capacity,
             m.head_dim,
-            _JNP[cfg.kv_dtype],
+            dtype(cfg.kv_dtype).jnp,
         )
         return cls(kv=kv, rope=rope_table(m.rope, cfg.kv_capacity))
 

@@ -17,19 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ...dims import InferenceDims
+from ...dtypes import from_ort
 from ...errors import EngineError
 from ..protocol import Prepared
 from ..spec import build_llm_spec
 from .engine_dir import FoundBinding, check_io, read_engine_dir
 from .glue import BufferInfo, CallbackEngine
-
-_ORT_DTYPES = {
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(bfloat16)": "bfloat16",
-    "tensor(int32)": "int32",
-    "tensor(int64)": "int64",
-}
 
 
 class OrtExecutor:
@@ -58,7 +51,7 @@ class OrtExecutor:
         for io, values in (("in", self.session.get_inputs()), ("out", self.session.get_outputs())):
             for v in values:
                 shape = tuple(d if isinstance(d, int) else -1 for d in v.shape)
-                found[v.name] = (io, _ORT_DTYPES.get(v.type, v.type), shape)
+                found[v.name] = (io, from_ort(v.type), shape)
         return found
 
     def run(
@@ -112,5 +105,5 @@ def load_onnxruntime_engine(
     """
     cfg, path, embedding = read_engine_dir(engine_dir, "onnx")
     executor = OrtExecutor(path, threads, log_severity)
-    check_io(executor.introspect(), build_llm_spec(cfg), cfg, str(path))
+    check_io(executor.introspect(), build_llm_spec(cfg), str(path))
     return OnnxRuntimeEngine(cfg, executor, jnp.asarray(embedding))
