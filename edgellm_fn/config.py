@@ -247,18 +247,33 @@ class EngineConfig:
         }
 
 
-def read_json(path: str | Path) -> dict[str, Any]:
-    """Reads a JSON object, raising ``ConfigError`` naming the file on any problem."""
+def read_json(
+    path: str | Path,
+    *,
+    missing: str | None = "expected a Hugging Face config.json",
+    error: type[ValueError] = ConfigError,
+) -> dict[str, Any]:
+    """Reads a JSON object; every problem raises ``error`` naming the file.
+
+    Args:
+      path: the file.
+      missing: what the file-not-found message expects; None returns ``{}`` for a missing file
+        (optional files such as ``generation_config.json``).
+      error: the error type (``ConfigError`` for configs, ``InputError`` for request files).
+    """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: file not found (expected a Hugging Face config.json)")
+        if missing is None:
+            return {}
+        raise error(f"{path}: file not found ({missing})")
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ConfigError(
-            f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
-        ) from e
-    _require_mapping(raw, str(path))
+        raise error(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: invalid JSON ({e}); re-save the file as UTF-8") from e
+    if not isinstance(raw, Mapping):
+        raise error(f"{path}: expected a JSON object, got {type(raw).__name__}")
     return raw
 
 
@@ -274,12 +289,24 @@ def _require_mapping(raw: Any, where: str) -> None:
         raise ConfigError(f"{where}: expected a JSON object, got {type(raw).__name__}")
 
 
-def _get(raw: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str, **default):
-    """Reads ``raw[key]`` checking its type; ``default=`` makes the field optional."""
+def get_field(
+    raw: Mapping[str, Any],
+    key: str,
+    kind: type | tuple[type, ...],
+    where: str,
+    *,
+    error: type[ValueError] = ConfigError,
+    **default,
+):
+    """Reads ``raw[key]`` checking its type (an int passes for float, a bool never for int).
+
+    ``default=`` makes the field optional (missing or null gives the default); ``error`` is the
+    error type raised, naming ``where`` and the field.
+    """
     if key not in raw or (raw[key] is None and "default" in default):
         if "default" in default:
             return default["default"]
-        raise ConfigError(f"{where}: missing required field {key!r}")
+        raise error(f"{where}: missing required field {key!r}")
     value = raw[key]
     kinds = kind if isinstance(kind, tuple) else (kind,)
     ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
@@ -287,8 +314,11 @@ def _get(raw: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where:
         ok = True
     if not ok:
         names = "/".join(k.__name__ for k in kinds)
-        raise ConfigError(f"{where}: {key}={value!r} (expected {names})")
+        raise error(f"{where}: {key}={value!r} (expected {names})")
     return value
+
+
+_get = get_field
 
 
 def _positive(raw: Mapping[str, Any], key: str, where: str, **default) -> int:

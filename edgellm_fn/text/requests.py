@@ -15,10 +15,10 @@ joined with newlines.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
+from ..config import get_field, read_json
 from ..errors import InputError
 from ..runtime.generate import Completion
 from ..runtime.sampling import MAX_NUM_LOGPROBS
@@ -76,27 +76,13 @@ class RequestBatch:
 
 def load_requests(path: str | Path) -> RequestBatch:
     """Reads and validates a request file; errors name the file and the field."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: request file not found")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(
-            f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
-        ) from e
+    raw = read_json(path, missing="expected an Edge-LLM request file", error=InputError)
     return parse_requests(raw, str(path))
 
 
 def _field(obj: dict, key: str, kinds: tuple[type, ...], where: str, default: Any) -> Any:
-    if key not in obj or obj[key] is None:
-        return default
-    value = obj[key]
-    is_bool = isinstance(value, bool)
-    if (is_bool and bool not in kinds) or not isinstance(value, kinds):
-        names = "/".join(k.__name__ for k in kinds)
-        raise InputError(f"{where}: {key}={value!r} (expected {names})")
-    return value
+    """An optional request field of one of ``kinds`` (``get_field`` raising ``InputError``)."""
+    return get_field(obj, key, kinds, where, error=InputError, default=default)
 
 
 def _unknown(obj: dict, known: set[str], where: str) -> None:

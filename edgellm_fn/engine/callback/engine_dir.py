@@ -23,7 +23,9 @@ from ..spec import EngineSpec
 CONFIG_FILE = "config.json"
 EMBEDDING_FILE = "embedding.safetensors"
 EMBEDDING_TENSOR = "embedding"
-ENGINE_FILES = {"onnx": "model.onnx", "tensorrt": "model.engine"}
+ENGINE_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.engine"}
+#: ``engine.provider`` as directories written before the provider names were unified say it.
+_OLD_NAMES = {"onnx": "onnxruntime"}
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -79,6 +81,8 @@ def read_engine_dir(engine_dir: str | Path, provider: str) -> tuple[EngineConfig
     raw = read_json(engine_dir / CONFIG_FILE)
     cfg = EngineConfig.from_dict(raw, str(engine_dir / CONFIG_FILE))
     section: Any = raw.get("engine")
+    if isinstance(section, Mapping) and section.get("provider") in _OLD_NAMES:
+        section = {**section, "provider": _OLD_NAMES[section["provider"]]}
     if not isinstance(section, Mapping) or section.get("provider") not in ENGINE_FILES:
         raise EngineError(
             f"{engine_dir / CONFIG_FILE}: engine={section!r} (expected {{'provider': one of "

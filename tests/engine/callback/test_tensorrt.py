@@ -148,12 +148,14 @@ def test_tensorrt_runtime_matches_xla(checkpoints, tmp_path):
     from edgellm_fn import XlaEngine
     from edgellm_fn.engine.callback.tensorrt import load_tensorrt_engine
 
-    from .helpers import greedy
+    from ...helpers import greedy
+    from .helpers import DECODE_STEPS, PROMPTS
 
     build_engine(checkpoints["qwen3"], tmp_path, "tensorrt-rtx", **LIMITS, dtype="float16")
     engine = load_tensorrt_engine(tmp_path)
     _, params = load_checkpoint(checkpoints["qwen3"], dtype="float16")
-    got, want = greedy(engine), greedy(XlaEngine(engine.config, params))
+    got = greedy(engine, PROMPTS, DECODE_STEPS)
+    want = greedy(XlaEngine(engine.config, params), PROMPTS, DECODE_STEPS)
     assert got["addresses_kept"]
     assert abs(got["logits"] - want["logits"]).max() < 5e-2
     assert engine.executor.graphs.stats.hits > 0
