@@ -45,6 +45,7 @@ def state_dict_from_params(cfg: EngineConfig, params: dict, device: str) -> dict
     import torch
 
     def t(x: np.ndarray) -> torch.Tensor:
+        x = np.array(x)  # writable: torch refuses to wrap read-only buffers
         if x.dtype.name == "bfloat16":  # torch.from_numpy has no ml_dtypes bfloat16
             return torch.from_numpy(x.view(np.uint16)).view(torch.bfloat16).to(device)
         return torch.from_numpy(x).to(device)
