@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from .dtypes import FLOAT_DTYPES
+from .engine.providers import CHOICES, PROVIDER_HELP, TENSORRT_BUILDERS
 from .errors import ConfigError, InputError
 
 
@@ -14,8 +16,8 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=4, help="xla: max batch size")
     p.add_argument("--max-input-len", type=int, default=256, help="xla: longest prompt")
     p.add_argument("--kv-capacity", type=int, default=512, help="xla: KV slots per row")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
-    p.add_argument("--provider", choices=["xla", "onnxruntime", "tensorrt"], default=None)
+    p.add_argument("--dtype", choices=FLOAT_DTYPES, default=None)
+    p.add_argument("--provider", choices=CHOICES, default=None, help=PROVIDER_HELP)
 
 
 def _engine(args):
@@ -102,7 +104,7 @@ def cmd_inspect(args) -> int:
     spec = engine.spec
     cfg = engine.config
     print(
-        f"engine: {getattr(engine, 'provider', type(engine).__name__)}  model: "
+        f"engine: {engine.provider}  model: "
         f"{cfg.model.architecture}  dtype: {cfg.dtype}  kv: {cfg.kv_dtype}"
     )
     for i, p in enumerate(spec.profiles):
@@ -141,6 +143,7 @@ def cmd_build(args) -> int:
             args.max_input_len,
             args.kv_capacity,
             dtype=args.dtype,
+            builder=args.builder,
             progress=lambda stage, frac: bar.update(task, completed=frac, description=stage),
         )
     print(f"engine directory: {out}")
@@ -153,7 +156,8 @@ def cmd_demo(args) -> int:
     return run_demo(model=args.model)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``edgellm-fn`` argument parser (every subcommand)."""
     parser = argparse.ArgumentParser(prog="edgellm-fn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -188,18 +192,27 @@ def main(argv: list[str] | None = None) -> int:
     bl = sub.add_parser("build", help="export and build an engine directory")
     bl.add_argument("--model", required=True, help="checkpoint directory")
     bl.add_argument("--out", required=True, help="engine directory to write")
-    bl.add_argument("--provider", choices=["onnx", "tensorrt", "tensorrt-rtx"], required=True)
+    bl.add_argument("--provider", choices=CHOICES, required=True, help=PROVIDER_HELP)
+    bl.add_argument(
+        "--builder",
+        choices=TENSORRT_BUILDERS,
+        default=None,
+        help="tensorrt: NVIDIA TensorRT (default) or TensorRT-RTX",
+    )
     bl.add_argument("--max-batch", type=int, default=4)
     bl.add_argument("--max-input-len", type=int, default=128)
     bl.add_argument("--kv-capacity", type=int, default=256)
-    bl.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    bl.add_argument("--dtype", choices=FLOAT_DTYPES, default=None)
     bl.set_defaults(fn=cmd_build)
 
     d = sub.add_parser("demo", help="generate with the embedded demo model")
     d.add_argument("--model", default=None, help="another checkpoint instead of the demo model")
     d.set_defaults(fn=cmd_demo)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except (ConfigError, InputError, ValueError) as e:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .dtypes import FLOAT_DTYPES
 from .errors import ConfigError, show
 
 ARCHITECTURES = {
@@ -24,7 +25,7 @@ ARCHITECTURES = {
 }
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 ACTIVATIONS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = FLOAT_DTYPES
 _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 _ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -426,10 +427,28 @@ def read_json_file(
     return parse_json_bytes(data, str(path), error)
 
 
-def read_json(path: str | Path) -> dict[str, Any]:
-    """Reads a JSON object, raising ``ConfigError`` naming the file on any problem."""
-    raw = read_json_file(path)
-    _require_mapping(raw, str(path))
+def read_json(
+    path: str | Path,
+    *,
+    missing: str | None = "expected a Hugging Face config.json",
+    error: type[ValueError] = ConfigError,
+) -> dict[str, Any]:
+    """Reads a JSON object; every problem raises ``error`` naming the file.
+
+    Args:
+      path: the file.
+      missing: what the file-not-found message expects; None returns ``{}`` for a missing file
+        (optional files such as ``generation_config.json``).
+      error: the error type (``ConfigError`` for configs, ``InputError`` for request files).
+    """
+    path = Path(path)
+    if not path.is_file():
+        if missing is None:
+            return {}
+        raise error(f"{path}: file not found ({missing})")
+    raw = read_json_file(path, error, missing or "a JSON object")
+    if not isinstance(raw, Mapping):
+        raise error(f"{path}: top level={type(raw).__name__} (expected a JSON object)")
     return raw
 
 
@@ -445,12 +464,24 @@ def _require_mapping(raw: Any, where: str) -> None:
         raise ConfigError(f"{where}: expected a JSON object, got {type(raw).__name__}")
 
 
-def _get(raw: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str, **default):
-    """Reads ``raw[key]`` checking its type; ``default=`` makes the field optional."""
+def get_field(
+    raw: Mapping[str, Any],
+    key: str,
+    kind: type | tuple[type, ...],
+    where: str,
+    *,
+    error: type[ValueError] = ConfigError,
+    **default,
+):
+    """Reads ``raw[key]`` checking its type (an int passes for float, a bool never for int).
+
+    ``default=`` makes the field optional (missing or null gives the default); ``error`` is the
+    error type raised, naming ``where`` and the field.
+    """
     if key not in raw or (raw[key] is None and "default" in default):
         if "default" in default:
             return default["default"]
-        raise ConfigError(f"{where}: missing required field {key!r}")
+        raise error(f"{where}: missing required field {key!r}")
     value = raw[key]
     kinds = kind if isinstance(kind, tuple) else (kind,)
     ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
@@ -458,8 +489,11 @@ def _get(raw: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where:
         ok = True
     if not ok:
         names = "/".join(k.__name__ for k in kinds)
-        raise ConfigError(f"{where}: {key}={show(value)} (expected {names})")
+        raise error(f"{where}: {key}={show(value)} (expected {names})")
     return value
+
+
+_get = get_field
 
 
 def _positive(raw: Mapping[str, Any], key: str, where: str, **default) -> int:

@@ -355,7 +355,11 @@ def main(argv: list[str] | None = None) -> None:
 
     jax.config.update("jax_platforms", args.platform)
     import jax.numpy as jnp
-    import optax
+
+    try:
+        import optax
+    except ModuleNotFoundError:
+        sys.exit("train_demo_model.py needs optax: pip install -e '.[train]'")
 
     repo = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(repo))

@@ -23,8 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from ..config import ModelConfig
-
-_ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
+from ..dtypes import dtype as lookup_dtype
 
 # (copy bytes, matmul n) by platform; the CPU sizes keep the smoke run short.
 LIMIT_SIZES = {"gpu": (1 << 30, 8192), "cpu": (64 << 20, 512)}
@@ -47,13 +46,15 @@ def weight_bytes_per_decode_step(cfg: ModelConfig, batch: int, dtype: str) -> in
     """Bytes of weights one decode step of ``batch`` rows must read (module docstring)."""
     matmul, other = layer_params(cfg)
     h, v = cfg.hidden_size, cfg.vocab_size
-    return _ITEMSIZE[dtype] * (cfg.num_hidden_layers * (matmul + other) + h + h * v + batch * h)
+    return lookup_dtype(dtype).itemsize * (
+        cfg.num_hidden_layers * (matmul + other) + h + h * v + batch * h
+    )
 
 
 def kv_bytes(cfg: ModelConfig, batch: int, tokens: int, kv_dtype: str) -> int:
     """Bytes of K and V of ``tokens`` valid positions in every layer and row."""
     per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim
-    return _ITEMSIZE[kv_dtype] * per_token * batch * tokens
+    return lookup_dtype(kv_dtype).itemsize * per_token * batch * tokens
 
 
 def prefill_flops(cfg: ModelConfig, batch: int, tokens: int) -> float:

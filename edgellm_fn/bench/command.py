@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..engine.providers import CHOICES, PROVIDER_HELP
+
 if TYPE_CHECKING:  # importing this package stays light (the CLI parser imports it)
     from ..engine.protocol import Engine
 
@@ -38,7 +40,7 @@ def bench_engine(engine: Engine, *, batch: int, prompt_len: int, decode_steps: i
     cfg = engine.config
     rng = np.random.default_rng(0)
     ids = rng.integers(0, cfg.model.vocab_size, (batch, prompt_len), dtype=np.int32)
-    runner = XlaRunner(engine, batch, system=f"edgellm_fn/{getattr(engine, 'provider', '?')}")
+    runner = XlaRunner(engine, batch, system=f"edgellm_fn/{engine.provider}")
     row = {
         "system": runner.system,
         "model": cfg.model.architecture,
@@ -71,7 +73,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", help="JSON rows (rewritten after every row); PNG plot beside it")
     p.add_argument("--plot", help="PNG path (default: --output with .png)")
-    p.add_argument("--provider", choices=["xla", "onnxruntime", "tensorrt"], default=None)
+    p.add_argument("--provider", choices=CHOICES, default=None, help=PROVIDER_HELP)
     p.add_argument("--max-batch", type=int, default=4, help="--model: max batch size")
     p.add_argument("--max-input-len", type=int, default=256, help="--model: longest prompt")
 

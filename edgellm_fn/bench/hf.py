@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from ..config import EngineConfig
+from ..models.loader import params_to_hf
 
 
 def torch_device() -> str:
@@ -39,48 +40,18 @@ def torch_device() -> str:
 
 
 def state_dict_from_params(cfg: EngineConfig, params: dict, device: str) -> dict[str, Any]:
-    """Hugging Face tensor names and ``[out, in]`` layouts of the edgellm_fn params pytree."""
+    """``models.loader.params_to_hf`` as torch tensors on ``device`` (tied heads share the
+    embedding)."""
     import torch
 
-    m = cfg.model
-    q, kv, f = m.q_size, m.kv_size, m.intermediate_size
+    def t(x: np.ndarray) -> torch.Tensor:
+        x = np.array(x)  # writable: torch refuses to wrap read-only buffers
+        if x.dtype.name == "bfloat16":  # torch.from_numpy has no ml_dtypes bfloat16
+            return torch.from_numpy(x.view(np.uint16)).view(torch.bfloat16).to(device)
+        return torch.from_numpy(x).to(device)
 
-    def t(x: jax.Array) -> torch.Tensor:
-        return torch.from_dlpack(x).to(device)
-
-    def split3(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return x[:q], x[q : q + kv], x[q + kv :]
-
-    sd = {
-        "model.embed_tokens.weight": t(params["embed"]),
-        "model.norm.weight": t(params["final_norm"]),
-    }
-    sd["lm_head.weight"] = (
-        sd["model.embed_tokens.weight"] if m.tie_word_embeddings else t(params["lm_head"])
-    )
-    for i, lp in enumerate(params["layers"]):
-        pre = f"model.layers.{i}."
-        a, p = pre + "self_attn.", pre + "mlp."
-        sd[pre + "input_layernorm.weight"] = t(lp["attn_norm"])
-        sd[pre + "post_attention_layernorm.weight"] = t(lp["mlp_norm"])
-        for name, w in zip("qkv", split3(t(lp["wqkv"])), strict=True):
-            sd[a + f"{name}_proj.weight"] = w
-        if "bqkv" in lp:
-            for name, b in zip("qkv", split3(t(lp["bqkv"])), strict=True):
-                sd[a + f"{name}_proj.bias"] = b
-        sd[a + "o_proj.weight"] = t(lp["wo"])
-        if "bo" in lp:
-            sd[a + "o_proj.bias"] = t(lp["bo"])
-        if "q_norm" in lp:
-            sd[a + "q_norm.weight"] = t(lp["q_norm"])
-            sd[a + "k_norm.weight"] = t(lp["k_norm"])
-        gate_up = t(lp["w_gate_up"])
-        sd[p + "gate_proj.weight"], sd[p + "up_proj.weight"] = gate_up[:f], gate_up[f:]
-        sd[p + "down_proj.weight"] = t(lp["w_down"])
-        if "b_gate_up" in lp:
-            b = t(lp["b_gate_up"])
-            sd[p + "gate_proj.bias"], sd[p + "up_proj.bias"] = b[:f], b[f:]
-            sd[p + "down_proj.bias"] = t(lp["b_down"])
+    sd = {name: t(x) for name, x in params_to_hf(cfg.model, params).items()}
+    sd.setdefault("lm_head.weight", sd["model.embed_tokens.weight"])
     return sd
 
 

@@ -17,10 +17,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from edgellm_fn.config import ModelConfig
-from edgellm_fn.state.rope import inv_frequencies
+from edgellm_fn.state.rope import rope_table as runtime_rope_table
 
 
 def split_params(cfg: ModelConfig, params: dict) -> dict:
@@ -48,10 +47,9 @@ def init_cache(cfg: ModelConfig, batch: int, capacity: int, dtype: str) -> list:
 
 
 def rope_table(cfg: ModelConfig, capacity: int) -> jax.Array:
-    """``[C, rot]`` float32: cos of each position in the first half, sin in the second."""
-    inv_freq, scale = inv_frequencies(cfg.rope)
-    angles = np.arange(capacity, dtype=np.float32)[:, None] * inv_freq[None, :]
-    return jnp.asarray(np.concatenate([np.cos(angles), np.sin(angles)], -1) * scale, jnp.float32)
+    """``[C, rot]`` float32: cos of each position in the first half, sin in the second (the
+    runtime's table: the peer is naive in its step, not in its setup)."""
+    return runtime_rope_table(cfg.rope, capacity)[0]
 
 
 def _rms(x, w, eps):

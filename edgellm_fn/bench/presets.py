@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 
 from ..config import ModelConfig
+from ..dtypes import FLOAT_DTYPES
+from ..dtypes import dtype as lookup_dtype
 from ..errors import InputError
 from ..models.llama import Params
-
-_JNP = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -206,8 +206,8 @@ def random_params(cfg: ModelConfig, key: jax.Array, dtype: str = "bfloat16") -> 
     Raises:
       InputError: unknown ``dtype``.
     """
-    if dtype not in _JNP:
-        raise InputError(f"bench: --dtype={dtype!r} (expected one of {sorted(_JNP)})")
+    if dtype not in FLOAT_DTYPES:
+        raise InputError(f"bench: --dtype={dtype!r} (expected one of {sorted(FLOAT_DTYPES)})")
     return _init_fn(cfg, dtype)(key)
 
 
@@ -219,7 +219,7 @@ def _is_shape(x: Any) -> bool:
 def _init_fn(cfg: ModelConfig, dtype: str):
     shapes = param_shapes(cfg)
     with_paths, treedef = jax.tree_util.tree_flatten_with_path(shapes, is_leaf=_is_shape)
-    jdt = _JNP[dtype]
+    jdt = lookup_dtype(dtype).jnp
 
     def init(key: jax.Array) -> Params:
         keys = jax.random.split(key, len(with_paths))

@@ -8,9 +8,8 @@ from ..config import EngineConfig, read_json
 from ..errors import ConfigError
 from ..models.loader import load_checkpoint
 from .protocol import Engine
+from .providers import resolve_provider
 from .xla import XlaEngine
-
-PROVIDERS = ("xla", "onnxruntime", "tensorrt")
 
 
 def is_engine_dir(path: str | Path) -> bool:
@@ -34,8 +33,8 @@ def load_engine(
     Args:
       path: a checkpoint directory (run by the xla provider with the given limits) or an engine
         directory (its ``builder_config`` sets the limits).
-      provider: ``"xla"`` for checkpoints; for engine directories ``"onnxruntime"`` or
-        ``"tensorrt"`` (default: from the engine file present).
+      provider: one of ``providers.PROVIDERS`` (or an alias): ``"xla"`` for checkpoints; for
+        engine directories ``"onnxruntime"`` or ``"tensorrt"`` (default: from its config.json).
       max_batch_size, max_input_len, kv_capacity, dtype: limits of an xla engine.
       kernels: the xla engine's kernel mode, ``"auto"`` (default), ``"on"`` or ``"off"``
         (``engine/xla.py``; ``EDGELLM_FN_KERNELS`` sets the default).
@@ -44,14 +43,15 @@ def load_engine(
       ConfigError: unknown provider, or a provider that does not fit the directory.
     """
     path = Path(path)
-    if provider is not None and provider not in PROVIDERS:
-        raise ConfigError(f"load_engine: provider={provider!r} (expected one of {PROVIDERS})")
+    if provider is not None:
+        provider, _ = resolve_provider(provider, "load_engine")
     if is_engine_dir(path):
         return _load_engine_dir(path, provider)
     if provider not in (None, "xla"):
         raise ConfigError(
             f"load_engine: {path} is a checkpoint, not an engine directory (provider={provider!r}"
-            " needs one); build it with `edgellm-fn build --model CKPT --out DIR`"
+            f" needs one); build it with `edgellm-fn build --model CKPT --out DIR --provider "
+            f"{provider}`"
         )
     cfg, params = load_checkpoint(path, dtype=dtype)
     ecfg = EngineConfig.create(

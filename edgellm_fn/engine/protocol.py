@@ -31,8 +31,18 @@ class Prepared:
 
 @runtime_checkable
 class Engine(Protocol):
-    """What the runtime drives; it never knows which provider is behind it."""
+    """What the runtime drives; it never knows which provider is behind it.
 
+    Attributes:
+      provider: one of ``providers.PROVIDERS`` (for messages and benchmark labels only; the
+        runtime never branches on it).
+      config: the model and the limits the engine was built for.
+
+    CUDA graphs are not part of the contract: XLA captures its own (command buffers) and the
+    ``tensorrt`` executor captures decode steps in its ``GraphCache``.
+    """
+
+    provider: str
     config: EngineConfig
 
     @property
@@ -53,10 +63,6 @@ class Engine(Protocol):
 
     def execute(self, prepared: Prepared) -> dict[str, jax.Array]:
         """Runs one step; returns every output binding (``present_*`` alias ``past_*``)."""
-        ...
-
-    def capture_graph(self, prepared: Prepared) -> bool:
-        """Captures a CUDA graph for these bindings; False when the provider does not."""
         ...
 
 

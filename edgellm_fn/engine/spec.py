@@ -43,19 +43,48 @@ class TensorSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Profile:
-    """An optimization profile: inclusive ``(min, max)`` ranges of batch and sequence length."""
+    """An optimization profile: inclusive ``(min, max)`` ranges of the dynamic dims.
+
+    Attributes:
+      batch, seq_len: rows and tokens per row of a step.
+      select_len: logit rows per batch row (``last_token_ids`` width).
+      start_index_len: ``kvcache_start_index`` length; None means the batch range.
+    """
 
     batch: tuple[int, int]
     seq_len: tuple[int, int]
+    select_len: tuple[int, int] = (1, 1)
+    start_index_len: tuple[int, int] | None = None
+
+    def range(self, field: str) -> tuple[int, int]:
+        """``(min, max)`` of one dynamic ``InferenceDims`` field in this profile."""
+        if field == "start_index_len":
+            return self.batch if self.start_index_len is None else self.start_index_len
+        if field not in ("batch", "seq_len", "select_len"):
+            raise EngineError(
+                f"Profile: field={field!r} (expected batch, seq_len, select_len or "
+                "start_index_len); fix it in EngineSpec.static_dims if it is fixed at build time"
+            )
+        return getattr(self, field)
 
 
 @dataclasses.dataclass(frozen=True)
 class EngineSpec:
-    """Every binding of an engine, its profiles, and which outputs alias which inputs."""
+    """Every binding of an engine, its profiles, which outputs alias which inputs, and the dims
+    fixed when the engine is built.
+
+    Attributes:
+      bindings: every input and output.
+      profiles: optimization profiles (0 prefill, 1 decode/verify).
+      aliases: ``(output, input)`` pairs updated in place.
+      static_dims: ``(field, size)`` of the ``InferenceDims`` fields an engine file fixes (KV
+        capacity, RoPE batch); every other field is dynamic within the profiles.
+    """
 
     bindings: tuple[TensorSpec, ...]
     profiles: tuple[Profile, ...]
     aliases: tuple[tuple[str, str], ...]  # (output, input)
+    static_dims: tuple[tuple[str, int], ...] = ()
 
     def inputs(self) -> tuple[TensorSpec, ...]:
         return tuple(b for b in self.bindings if b.io == "in")
@@ -68,6 +97,41 @@ class EngineSpec:
             if b.name == name:
                 return b
         raise KeyError(name)
+
+    def built_dim(self, d: Dim) -> int | None:
+        """The size an engine file fixes for shape entry ``d``; None when it is dynamic."""
+        if isinstance(d, int):
+            return d
+        static = dict(self.static_dims)
+        return static[d[0]] if len(d) == 1 and d[0] in static else None
+
+    def built_shape(self, b: TensorSpec) -> tuple[int, ...]:
+        """``b``'s shape as an engine file declares it: fixed sizes, -1 for dynamic dims."""
+        return tuple(-1 if (n := self.built_dim(d)) is None else n for d in b.shape)
+
+    def is_dynamic(self, b: TensorSpec) -> bool:
+        """True when some dim of ``b`` varies within the profiles."""
+        return -1 in self.built_shape(b)
+
+    def profile_ranges(self, b: TensorSpec) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
+        """``((min shape, max shape), ...)`` of binding ``b``, one pair per profile."""
+        out = []
+        for p in self.profiles:
+            lo, hi = [], []
+            for d in b.shape:
+                fixed = self.built_dim(d)
+                if fixed is not None:
+                    lo.append(fixed)
+                    hi.append(fixed)
+                    continue
+                a, z = 1, 1
+                for field in d:
+                    r = p.range(field)
+                    a, z = a * r[0], z * r[1]
+                lo.append(a)
+                hi.append(z)
+            out.append((tuple(lo), tuple(hi)))
+        return tuple(out)
 
     def check_dims(self, profile: int, dims: InferenceDims) -> None:
         """Rejects a profile index or dims outside the profile's ranges."""
@@ -150,8 +214,21 @@ def build_llm_spec(cfg: EngineConfig, max_decode_len: int = 1) -> EngineSpec:
         for kind in ("key", "value"):
             bindings.append(TensorSpec(f"present_{kind}_{i}", "out", cfg.kv_dtype, kv_shape))
             aliases.append((f"present_{kind}_{i}", f"past_{kind}_{i}"))
+    batch_range = (1, cfg.max_batch_size)
     profiles = (
-        Profile(batch=(1, cfg.max_batch_size), seq_len=(1, cfg.max_input_len)),
-        Profile(batch=(1, cfg.max_batch_size), seq_len=(1, max_decode_len)),
+        # Prefill: logits of the last token only; no start index (fresh) or one per row (append).
+        Profile(
+            batch=batch_range,
+            seq_len=(1, cfg.max_input_len),
+            select_len=(1, 1),
+            start_index_len=(0, cfg.max_batch_size),
+        ),
+        # Decode/verify: up to one logit row per token; one start index per row.
+        Profile(batch=batch_range, seq_len=(1, max_decode_len), select_len=(1, max_decode_len)),
     )
-    return EngineSpec(bindings=tuple(bindings), profiles=profiles, aliases=tuple(aliases))
+    return EngineSpec(
+        bindings=tuple(bindings),
+        profiles=profiles,
+        aliases=tuple(aliases),
+        static_dims=(("kv_len", cfg.kv_capacity), ("rope_batch", 1)),
+    )

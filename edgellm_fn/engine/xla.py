@@ -129,11 +129,6 @@ class XlaEngine:
             out[f"present_value_{i}"] = vs[i]
         return out
 
-    def capture_graph(self, prepared: Prepared) -> bool:
-        """XLA captures its own CUDA graphs (command buffers); nothing to capture here."""
-        del prepared
-        return False
-
 
 def _cuda_built() -> bool:
     from ..ffi import cuda_available

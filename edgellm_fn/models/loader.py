@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..config import ModelConfig, normalize_dtype, read_json_file
+from ..dtypes import dtype as lookup_dtype
 from ..errors import CheckpointError, show
 from .llama import Params
 from .safetensors_io import (
@@ -23,8 +24,6 @@ from .safetensors_io import (
     read_header,
     save_file,
 )
-
-_JNP = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def hf_tensor_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -190,7 +189,7 @@ def _check_finite(path: Path, name: str, arr: np.ndarray) -> None:
 
 def params_from_hf(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype: str) -> Params:
     """Fuses Hugging Face tensors into the params pytree, cast to ``dtype``."""
-    jdt = _JNP[normalize_dtype(dtype, "dtype")]
+    jdt = lookup_dtype(normalize_dtype(dtype, "dtype")).jnp
 
     def t(name: str) -> np.ndarray:
         return np.asarray(tensors[name], np.float32)

@@ -14,7 +14,8 @@ import jax
 from ..engine.protocol import Engine
 from ..errors import InputError
 from ..state.resources import create_state
-from ..text.tokenizer import StreamDecoder, Tokenizer, find_stop
+from ..text.stops import find_stop
+from ..text.tokenizer import StreamDecoder, Tokenizer
 from . import loops, steps
 from .prompts import bucket_length as bucket_length
 from .prompts import pad_prompts
@@ -234,7 +235,7 @@ def _generate_batch(
 
 def _visible(text: str, stop: list[str]) -> str:
     """Text safe to stream: hold back a suffix that could still become a stop string."""
-    from ..text.tokenizer import partial_stop_length
+    from ..text.stops import partial_stop_length
 
     return text[: len(text) - partial_stop_length(text, stop)] if stop else text
 

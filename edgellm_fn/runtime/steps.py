@@ -25,13 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..dims import decode_dims, prefill_dims
+from ..dtypes import dtype
 from ..engine.protocol import Engine
 from ..engine.tensor_map import build_tensor_map
 from ..errors import InputError
 from ..state import host
 from ..state.resources import RuntimeState
-
-_JNP = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def embed(engine: Engine, tokens: jax.Array) -> jax.Array:
@@ -281,7 +280,7 @@ def _check_embeds(engine: Engine, state: RuntimeState, x: jax.Array, where: str)
             f"{state.batch}, at most max_batch_size={cfg.max_batch_size}); create the state with "
             "create_state(config, batch)"
         )
-    if jnp.dtype(x.dtype) != jnp.dtype(_JNP[cfg.dtype]):
+    if jnp.dtype(x.dtype) != dtype(cfg.dtype).jnp:
         raise InputError(f"{where}: inputs_embeds has dtype {x.dtype} (expected {cfg.dtype})")
     return x.shape[0], x.shape[1]
 

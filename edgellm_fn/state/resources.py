@@ -5,18 +5,16 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ..config import EngineConfig
+from ..dtypes import dtype
 from ..errors import InputError
 from ..runtime.sampling import SamplingConfig
 from . import host
 from .io import PipelineIO
 from .kv import KVCache
 from .rope import rope_table
-
-_JNP = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 @jax.tree_util.register_dataclass
@@ -41,7 +39,7 @@ class SharedResources:
             m.num_key_value_heads,
             cfg.kv_capacity,
             m.head_dim,
-            _JNP[cfg.kv_dtype],
+            dtype(cfg.kv_dtype).jnp,
         )
         return cls(kv=kv, rope=rope_table(m.rope, cfg.kv_capacity))
 
@@ -91,7 +89,7 @@ def create_state(
         )
     state = RuntimeState(
         io=PipelineIO.create(
-            batch, cfg.model.vocab_size, cfg.model.hidden_size, _JNP[cfg.dtype], sampling
+            batch, cfg.model.vocab_size, cfg.model.hidden_size, dtype(cfg.dtype).jnp, sampling
         ),
         res=SharedResources.create_for_llm(cfg, batch),
     )

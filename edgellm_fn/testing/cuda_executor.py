@@ -1,9 +1,11 @@
-"""CUDA test executor: real kernels on XLA's stream inside `buffer_callback`, via `GraphCache`.
+"""CUDA test executor: real kernels on XLA's stream through the engine glue, via `GraphCache`.
 
-Used only by GPU tests, to prove the executor glue the TensorRT provider relies on: a jitted,
-donated step hands the callback XLA's stream and in-place (aliased) buffers; the executor
-launches its kernels there (cupy `RawKernel`), or replays the CUDA graph captured for the same
-binding snapshot. Its arithmetic, per step, with `a` fixed at construction:
+Used only by GPU tests, to prove the executor glue the TensorRT provider relies on
+(`engine/callback/glue.py`: `call_executor`, the `Executor` protocol, `BufferInfo`): a jitted,
+donated step hands `run` XLA's stream and in-place (aliased) buffers; the executor launches its
+kernels there (cupy `RawKernel`), or replays the CUDA graph captured for the same binding
+snapshot. Importing it needs no GPU (cupy is imported on the first launch). Its arithmetic, per
+step, with `a` fixed at construction:
 
 ```
 y          <- a * x + y                               # [N] float32, in place
@@ -23,17 +25,20 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental.buffer_callback import Buffer, ExecutionContext, buffer_callback
 
 from edgellm_fn.dims import InferenceDims
+from edgellm_fn.engine.callback.glue import BufferInfo, call_executor
 from edgellm_fn.engine.protocol import Prepared
 from edgellm_fn.engine.snapshot import BindingSnapshot, GraphCache, GraphCacheStats
+from edgellm_fn.engine.spec import EngineSpec, Profile, TensorSpec
 
 #: Binding order (= callback argument order); the last three are updated in place.
 BINDINGS = ("x", "new_kv", "y", "positions", "kv")
 OUTPUTS = ("y", "positions", "kv")
 _DTYPES = {"x": jnp.float32, "new_kv": jnp.float32, "y": jnp.float32, "positions": jnp.int32,
            "kv": jnp.float32}  # fmt: skip
+#: The glue names outputs apart from inputs: ``y`` is written through ``y_out`` (same memory).
+_OUT = {n: f"{n}_out" for n in OUTPUTS}
 _THREADS = 256
 _SOURCE = r"""
 extern "C" __global__ void axpy_inplace(const float* x, float* y, float a, long long n) {
@@ -60,13 +65,34 @@ def _blocks(n: int) -> tuple[int]:
     return (max(1, (n + _THREADS - 1) // _THREADS),)
 
 
-def _device_buffer(buf: Buffer) -> tuple[int, tuple[int, ...]]:
-    iface = buf.__cuda_array_interface__
-    return int(iface["data"][0]), tuple(int(d) for d in iface["shape"])
+def _spec(tensors: Mapping[str, jax.Array]) -> EngineSpec:
+    """The bindings of one step as an ``EngineSpec`` (sizes fixed except ``batch``/``kv_len``)."""
+    n = tensors["y"].shape[0]
+    _, heads, _, head_dim = tensors["kv"].shape
+    batch, cap = ("batch",), ("kv_len",)
+    shapes = {
+        "x": (n,),
+        "new_kv": (batch, heads, head_dim),
+        "y": (n,),
+        "positions": (batch,),
+        "kv": (batch, heads, cap, head_dim),
+    }
+    dtype = {k: jnp.dtype(v).name for k, v in _DTYPES.items()}
+    ins = [TensorSpec(k, "in", dtype[k], shapes[k]) for k in BINDINGS]
+    outs = [TensorSpec(_OUT[k], "out", dtype[k], shapes[k]) for k in OUTPUTS]
+    profile = Profile(batch=(1, 1 << 30), seq_len=(1, 1))
+    return EngineSpec(
+        bindings=(*ins, *outs),
+        profiles=(profile, profile),
+        aliases=tuple((_OUT[k], k) for k in OUTPUTS),
+    )
 
 
 class CudaTestExecutor:
     """Engine-shaped test executor (`prepare`, `execute`) on three real CUDA kernels.
+
+    `execute` runs `call_executor` (the glue of the callback providers) with this object as the
+    `Executor`; `run` snapshots the bound buffers and goes through the `GraphCache`.
 
     Args:
       a: the axpy scale (a kernel argument, so it is part of a captured graph).
@@ -119,24 +145,27 @@ class CudaTestExecutor:
 
     def execute(self, prepared: Prepared) -> dict[str, jax.Array]:
         """Runs one step inside the current trace; returns `y`, `positions`, `kv` (aliased)."""
-        ins = [prepared.tensors[n] for n in BINDINGS]
-        result = [jax.ShapeDtypeStruct(prepared.tensors[n].shape, _DTYPES[n]) for n in OUTPUTS]
-        aliases = {BINDINGS.index(n): i for i, n in enumerate(OUTPUTS)}
-        call = buffer_callback(
-            self._callback, result, vmap_method="sequential", input_output_aliases=aliases
-        )
-        return dict(zip(OUTPUTS, call(*ins), strict=True))
+        out = call_executor(_spec(prepared.tensors), self, prepared)
+        return {n: out[_OUT[n]] for n in OUTPUTS}
 
-    def _callback(self, ctx: ExecutionContext, outs, *ins: Buffer) -> None:
-        buffers = dict(zip(BINDINGS, ins, strict=True))
-        buffers.update(zip(OUTPUTS, outs, strict=True))  # same memory as the aliased inputs
-        bound = {n: _device_buffer(buffers[n]) for n in BINDINGS}
-        snapshot = BindingSnapshot.of((n, ptr, shape) for n, (ptr, shape) in bound.items())
+    def run(
+        self,
+        profile: int,
+        dims: InferenceDims,
+        buffers: Mapping[str, BufferInfo],
+        stream: int | None,
+    ) -> None:
+        """The `Executor` verb: enqueue (or replay) the three kernels on XLA's `stream`."""
+        del profile, dims  # one graph per binding snapshot, whatever the profile
+        if stream is None:
+            raise ValueError("CudaTestExecutor.run: stream=None (expected XLA's CUDA stream)")
+        bound = {n: buffers[n] for n in BINDINGS}  # outputs are the same memory as y/positions/kv
+        snapshot = BindingSnapshot.of((n, b.ptr, b.shape) for n, b in bound.items())
         self.last_action = self.graphs.execute(
-            snapshot, int(ctx.stream), lambda stream: self._enqueue(stream, bound), self.capture
+            snapshot, stream, lambda s: self._enqueue(s, bound), self.capture
         )
 
-    def _enqueue(self, stream: int, bound: Mapping[str, tuple[int, tuple[int, ...]]]) -> None:
+    def _enqueue(self, stream: int, bound: Mapping[str, BufferInfo]) -> None:
         import cupy
 
         if self._kernels is None:
@@ -144,12 +173,12 @@ class CudaTestExecutor:
             names = ("axpy_inplace", "kv_append", "advance")
             self._kernels = {n: module.get_function(n) for n in names}
         k = self._kernels
-        ptr = {n: np.uint64(p) for n, (p, _) in bound.items()}
-        n = int(np.prod(bound["y"][1]))
-        batch, heads, _, head_dim = bound["kv"][1]
+        ptr = {n: np.uint64(b.ptr) for n, b in bound.items()}
+        n = int(np.prod(bound["y"].shape))
+        batch, heads, _, head_dim = bound["kv"].shape
         rows = batch * heads * head_dim
         axpy_args = (ptr["x"], ptr["y"], np.float32(self.a), np.int64(n))
-        kv_args = (ptr["new_kv"], ptr["positions"], ptr["kv"], *map(np.int32, bound["kv"][1]))
+        kv_args = (ptr["new_kv"], ptr["positions"], ptr["kv"], *map(np.int32, bound["kv"].shape))
         with cupy.cuda.ExternalStream(stream):
             k["axpy_inplace"](_blocks(n), (_THREADS,), axpy_args)
             k["kv_append"](_blocks(rows), (_THREADS,), kv_args)

@@ -24,7 +24,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..config import LIMITS, read_json_file
+from ..config import LIMITS, get_field, read_json_file
 from ..errors import InputError, show
 from ..runtime.generate import Completion
 from ..runtime.sampling import MAX_NUM_LOGPROBS
@@ -100,14 +100,8 @@ def load_requests(
 
 
 def _field(obj: dict, key: str, kinds: tuple[type, ...], where: str, default: Any) -> Any:
-    if key not in obj or obj[key] is None:
-        return default
-    value = obj[key]
-    is_bool = isinstance(value, bool)
-    if (is_bool and bool not in kinds) or not isinstance(value, kinds):
-        names = "/".join(k.__name__ for k in kinds)
-        raise InputError(f"{where}: {key}={show(value)} (expected {names})")
-    return value
+    """An optional request field of one of ``kinds`` (``get_field`` raising ``InputError``)."""
+    return get_field(obj, key, kinds, where, error=InputError, default=default)
 
 
 def _number(obj: dict, key: str, where: str, default: float) -> float:

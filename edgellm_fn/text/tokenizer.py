@@ -14,7 +14,7 @@ from typing import Any
 
 import tokenizers
 
-from edgellm_fn.config import read_json_file
+from edgellm_fn.config import read_json
 from edgellm_fn.errors import CheckpointError, ConfigError, InputError, show
 from edgellm_fn.text import chat_template
 
@@ -27,15 +27,6 @@ SPECIAL_TOKEN_FIELDS = (
     "cls_token",
     "mask_token",
 )
-
-
-def _read_json(path: pathlib.Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    data = read_json_file(path, ConfigError, "a JSON object")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level={type(data).__name__} (expected a JSON object)")
-    return data
 
 
 def _token_content(path: pathlib.Path, field: str, value: Any) -> str | None:
@@ -116,14 +107,17 @@ class Tokenizer:
         except Exception as e:  # tokenizers raises a bare Exception on parse errors
             raise CheckpointError(f"{tokenizer_file}: cannot be parsed ({e})") from None
         config_file = root / "tokenizer_config.json"
-        config = _read_json(config_file)
+        config = read_json(config_file, missing=None)
         special = {}
         for field in SPECIAL_TOKEN_FIELDS:
             content = _token_content(config_file, field, config.get(field))
             if content is not None:
                 special[field] = content
-        eos = _eos_ids(root / "generation_config.json", _read_json(root / "generation_config.json"))
-        eos += _eos_ids(root / "config.json", _read_json(root / "config.json"))
+        eos = _eos_ids(
+            root / "generation_config.json",
+            read_json(root / "generation_config.json", missing=None),
+        )
+        eos += _eos_ids(root / "config.json", read_json(root / "config.json", missing=None))
         if "eos_token" in special:
             eos_id = backend.token_to_id(special["eos_token"])
             if eos_id is None:
@@ -318,71 +312,3 @@ class StreamDecoder:
         full = self.tokenizer.decode(self.ids[self._prefix_offset :], **kwargs)
         self._prefix_offset = self._read_offset = len(self.ids)
         return full[len(prefix) :]
-
-
-def find_stop(text: str, stop: Sequence[str], start: int = 0) -> tuple[int, str] | None:
-    """Earliest stop string in ``text[start:]``: ``(index, stop_string)``, or None.
-
-    On a tie the longer stop string wins. Pass ``start = max(0, checked_len - max_len + 1)`` to
-    rescan only the new tail of a growing text.
-    """
-    best = None
-    for s in stop:
-        i = text.find(s, start)
-        if i >= 0 and (best is None or (i, -len(s)) < (best[0], -len(best[1]))):
-            best = (i, s)
-    return best
-
-
-def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, str | None]:
-    """``(text before the earliest stop string, that stop string)``; ``(text, None)`` if none."""
-    found = find_stop(text, stop)
-    return (text, None) if found is None else (text[: found[0]], found[1])
-
-
-def partial_stop_length(text: str, stop: Sequence[str]) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of a stop string."""
-    best = 0
-    for s in stop:
-        for n in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:n]):
-                best = n
-                break
-    return best
-
-
-class StopStringFilter:
-    """Streaming stop strings: emits text only once no stop string can start inside it.
-
-    ``"".join(push(chunk) ...) + flush()`` equals ``truncate_at_stop(full_text, stop)[0]``.
-
-    Attributes:
-      stopped: a stop string was found; later pushes return ``""``.
-      matched: the stop string found, or None.
-    """
-
-    def __init__(self, stop: Sequence[str]):
-        if isinstance(stop, str) or not all(isinstance(s, str) and s for s in stop):
-            raise InputError(f"StopStringFilter: stop={stop!r} (expected a list of non-empty str)")
-        self.stop = tuple(stop)
-        self.stopped = False
-        self.matched: str | None = None
-        self._held = ""
-
-    def push(self, text: str) -> str:
-        """Adds generated text; returns the part that is safe to show."""
-        if self.stopped:
-            return ""
-        buf = self._held + text
-        found = find_stop(buf, self.stop)
-        if found is not None:
-            self.stopped, self.matched, self._held = True, found[1], ""
-            return buf[: found[0]]
-        keep = partial_stop_length(buf, self.stop)
-        self._held = buf[len(buf) - keep :]
-        return buf[: len(buf) - keep]
-
-    def flush(self) -> str:
-        """Generation ended without a stop string: returns the held-back tail."""
-        held, self._held = self._held, ""
-        return held

@@ -99,3 +99,20 @@ def test_dims_outside_the_profile(prepared_inputs):
         engine.prepare(2, dims, tensors)
     with pytest.raises(ef.EngineError, match=r"dims.batch=0 \(expected >= 1\)"):
         engine.prepare(1, dataclasses.replace(dims, batch=0), tensors)
+
+
+def test_spec_owns_static_dims_and_profile_ranges(checkpoints):
+    cfg = make_engine(checkpoints["llama"]).config  # batch 4, max_input_len 32, kv 64
+    spec = ef.build_llm_spec(cfg, max_decode_len=3)
+    assert dict(spec.static_dims) == {"kv_len": 64, "rope_batch": 1}
+    assert spec.built_shape(spec["past_key_0"]) == (-1, 2, 64, 16)
+    assert spec.built_shape(spec["rope_rotary_cos_sin"]) == (1, 64, 16)
+    assert not spec.is_dynamic(spec["rope_rotary_cos_sin"])
+    assert spec.profile_ranges(spec["kvcache_start_index"]) == (((0,), (4,)), ((1,), (4,)))
+    assert spec.profile_ranges(spec["logits"]) == (((1, 128), (4, 128)), ((1, 128), (12, 128)))
+    assert spec.profile_ranges(spec["inputs_embeds"]) == (
+        ((1, 1, 64), (4, 32, 64)),
+        ((1, 1, 64), (4, 3, 64)),
+    )
+    with pytest.raises(ef.EngineError, match=r"Profile: field='kv_len' \(expected batch"):
+        spec.profiles[0].range("kv_len")

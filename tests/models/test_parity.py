@@ -20,7 +20,8 @@ def hf_logits(model, seq: list[int]) -> np.ndarray:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_float32_prefill_and_16_decode_steps_match_transformers(family, checkpoints, hf_models):
     model = hf_models[family]
-    tokens, logits = greedy(make_engine(checkpoints[family]), [PROMPT], steps=16)
+    run = greedy(make_engine(checkpoints[family]), [PROMPT], steps=16)
+    tokens, logits = run["tokens"], run["logits"]
     seq = list(PROMPT)
     for step, ours in enumerate(logits):
         ref = hf_logits(model, seq)
@@ -47,7 +48,8 @@ def test_bfloat16_matches_transformers_bfloat16(family, checkpoints):
     model = transformers.AutoModelForCausalLM.from_pretrained(
         checkpoints[family], dtype=torch.bfloat16
     ).eval()
-    tokens, logits = greedy(make_engine(checkpoints[family], dtype="bfloat16"), [PROMPT], 8)
+    run = greedy(make_engine(checkpoints[family], dtype="bfloat16"), [PROMPT], 8)
+    tokens, logits = run["tokens"], run["logits"]
     seq = list(PROMPT)
     for step, ours in enumerate(logits):
         ref = hf_logits(model, seq)
@@ -64,7 +66,8 @@ def test_sliding_window_layers_match_transformers(tmp_path):
     model.save_pretrained(tmp_path)
     engine = make_engine(str(tmp_path))
     assert engine.config.model.sliding_windows == (0, 4)
-    tokens, logits = greedy(engine, [PROMPT], steps=6)
+    run = greedy(engine, [PROMPT], steps=6)
+    tokens, logits = run["tokens"], run["logits"]
     seq = list(PROMPT)
     for step, ours in enumerate(logits):
         ref = hf_logits(model, seq)

@@ -1,8 +1,8 @@
 """``build_engine``: checkpoint directory → engine directory (what ``edgellm-fn build`` calls).
 
-Providers: ``onnx`` (``model.onnx`` [+ ``model.onnx.data``], run by the ``onnxruntime``
-provider), ``tensorrt`` and ``tensorrt-rtx`` (``model.engine`` built from the same ONNX by NVIDIA
-TensorRT or TensorRT-RTX, run by the ``tensorrt`` provider).
+Providers (``engine/providers.py``): ``onnxruntime`` (``model.onnx`` [+ ``model.onnx.data``])
+and ``tensorrt`` (``model.engine`` built from the same ONNX by NVIDIA TensorRT, or by TensorRT-RTX
+with ``builder="tensorrt-rtx"`` or the alias provider ``tensorrt-rtx``). ``xla`` needs no build.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from ...config import EngineConfig
 from ...errors import ConfigError
 from ...models.loader import load_checkpoint
 from ...models.onnx.export import export_onnx
+from ..providers import PROVIDERS, TENSORRT_BUILDERS, resolve_provider
 from ..spec import build_llm_spec
 from .engine_dir import ENGINE_FILES, write_engine_dir
 
-PROVIDERS = ("onnx", "tensorrt", "tensorrt-rtx")
 #: ``progress(stage, fraction)``: stage is a short text, fraction in ``[0, 1]``.
 Progress = Callable[[str, float], None]
 
@@ -34,6 +34,7 @@ def build_engine(
     kv_capacity: int = 256,
     *,
     dtype: str | None = None,
+    builder: str | None = None,
     progress: Progress | None = None,
 ) -> Path:
     """Builds an engine directory from a Hugging Face checkpoint directory.
@@ -41,20 +42,38 @@ def build_engine(
     Args:
       ckpt_dir: checkpoint (``config.json``, ``*.safetensors``, tokenizer files).
       out_dir: engine directory to write (created; existing files are overwritten).
-      provider: one of ``PROVIDERS``.
+      provider: ``"onnxruntime"`` or ``"tensorrt"`` (or an alias: ``"onnx"``,
+        ``"tensorrt-rtx"``; see ``providers.ALIASES``).
       max_batch, max_input_len, kv_capacity: built limits (``builder_config``).
       dtype: activation/weight dtype; defaults to the checkpoint's.
+      builder: for ``tensorrt``, which library builds the engine (``TENSORRT_BUILDERS``);
+        default NVIDIA TensorRT, or TensorRT-RTX for the ``tensorrt-rtx`` alias.
       progress: called with ``(stage, fraction)`` as the build advances.
 
     Returns:
       ``out_dir``.
 
     Raises:
-      ConfigError: unknown provider, invalid limits, or a model the export cannot express.
+      ConfigError: unknown provider or builder, invalid limits, or a model the export cannot
+        express.
       EngineError: the TensorRT package is missing or refuses to build.
     """
-    if provider not in PROVIDERS:
-        raise ConfigError(f"build: provider={provider!r} (expected one of {PROVIDERS})")
+    provider, alias_builder = resolve_provider(provider, "build")
+    if provider == "xla":
+        built = [p for p in PROVIDERS if p != "xla"]
+        raise ConfigError(
+            f"build: provider='xla' (expected one of {built}); the xla provider runs the "
+            "checkpoint directory itself, nothing to build"
+        )
+    if provider == "tensorrt":
+        builder = builder or alias_builder
+        if builder not in TENSORRT_BUILDERS:
+            raise ConfigError(
+                f"build: builder={builder!r} (expected one of {TENSORRT_BUILDERS} for provider "
+                "'tensorrt')"
+            )
+    elif builder is not None:
+        raise ConfigError(f"build: builder={builder!r} (expected None for provider {provider!r})")
     report = progress or (lambda stage, fraction: None)
     ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
     report("loading checkpoint", 0.0)
@@ -66,23 +85,22 @@ def build_engine(
         kv_capacity=kv_capacity,
         dtype=dtype,
     )
-    kind = "onnx" if provider == "onnx" else "tensorrt"
-    if kind == "onnx" and cfg.dtype == "bfloat16":
+    if provider == "onnxruntime" and cfg.dtype == "bfloat16":
         raise ConfigError(
-            "build: dtype='bfloat16' for provider 'onnx' (expected float32 or float16); "
+            "build: dtype='bfloat16' for provider 'onnxruntime' (expected float32 or float16); "
             "onnxruntime's CPU kernels have no bfloat16 MatMul, pass --dtype float32"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    if kind == "onnx":
+    if provider == "onnxruntime":
         import onnx
 
         report("exporting ONNX", 0.2)
         export_onnx(cfg, params, out_dir)
-        builder = f"onnx {onnx.__version__}"
+        made_by = f"onnx {onnx.__version__}"
     else:
         from .trt_adapter import build_serialized, load_module
 
-        module = load_module(provider)
+        module = load_module(builder)
         with tempfile.TemporaryDirectory(prefix="edgellm_onnx_") as tmp:
             report("exporting ONNX", 0.2)
             onnx_path = export_onnx(cfg, params, tmp)
@@ -94,9 +112,9 @@ def build_engine(
                 cfg,
                 progress=lambda f: report(f"building {module.__name__} engine", 0.4 + 0.5 * f),
             )
-        (out_dir / ENGINE_FILES[kind]).write_bytes(built.blob)
-        builder = f"{module.__name__} {module.__version__}"
+        (out_dir / ENGINE_FILES[provider]).write_bytes(built.blob)
+        made_by = f"{module.__name__} {module.__version__}"
     report("writing engine directory", 0.9)
-    write_engine_dir(out_dir, ckpt_dir, cfg, kind, np.asarray(params["embed"]), builder)
+    write_engine_dir(out_dir, ckpt_dir, cfg, provider, np.asarray(params["embed"]), made_by)
     report("done", 1.0)
     return out_dir

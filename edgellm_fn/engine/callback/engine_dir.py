@@ -23,7 +23,9 @@ from ..spec import EngineSpec
 CONFIG_FILE = "config.json"
 EMBEDDING_FILE = "embedding.safetensors"
 EMBEDDING_TENSOR = "embedding"
-ENGINE_FILES = {"onnx": "model.onnx", "tensorrt": "model.engine"}
+ENGINE_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.engine"}
+#: ``engine.provider`` as directories written before the provider names were unified say it.
+_OLD_NAMES = {"onnx": "onnxruntime"}
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -79,6 +81,8 @@ def read_engine_dir(engine_dir: str | Path, provider: str) -> tuple[EngineConfig
     raw = read_json(engine_dir / CONFIG_FILE)
     cfg = EngineConfig.from_dict(raw, str(engine_dir / CONFIG_FILE))
     section: Any = raw.get("engine")
+    if isinstance(section, Mapping) and section.get("provider") in _OLD_NAMES:
+        section = {**section, "provider": _OLD_NAMES[section["provider"]]}
     if not isinstance(section, Mapping) or section.get("provider") not in ENGINE_FILES:
         raise EngineError(
             f"{engine_dir / CONFIG_FILE}: engine={section!r} (expected {{'provider': one of "
@@ -114,10 +118,8 @@ def read_engine_dir(engine_dir: str | Path, provider: str) -> tuple[EngineConfig
 FoundBinding = tuple[str, str, tuple[int, ...]]
 
 
-def check_io(
-    found: Mapping[str, FoundBinding], spec: EngineSpec, cfg: EngineConfig, where: str
-) -> None:
-    """Checks an engine's introspected bindings against ``spec`` (the contract for ``cfg``).
+def check_io(found: Mapping[str, FoundBinding], spec: EngineSpec, where: str) -> None:
+    """Checks an engine's introspected bindings against ``spec``.
 
     Static dims (hidden, heads, head dim, vocab, KV capacity) must match exactly; dims that the
     contract makes dynamic must be dynamic (-1) in the engine.
@@ -125,7 +127,6 @@ def check_io(
     Raises:
       EngineError: naming the first missing, unexpected or mismatched binding.
     """
-    fixed = {("kv_len",): cfg.kv_capacity, ("rope_batch",): 1}
     for b in spec.bindings:
         if b.name not in found:
             raise EngineError(
@@ -133,7 +134,7 @@ def check_io(
                 "not exported with this config (layers?), rebuild it"
             )
         io, dtype, shape = found[b.name]
-        want = tuple(d if isinstance(d, int) else fixed.get(d, -1) for d in b.shape)
+        want = spec.built_shape(b)
         if io != b.io or dtype != b.dtype:
             raise EngineError(
                 f"{where}: binding {b.name!r} is {io} {dtype} (expected {b.io} "

@@ -105,10 +105,11 @@ class CallbackEngine:
     """An engine whose steps run an ``Executor`` through ``call_executor``.
 
     A pytree whose only leaf is the embedding table; the config and the (hashable) executor are
-    static. Subclasses name the provider and register themselves as pytrees.
+    static. Subclasses set ``provider`` (a name of ``providers.PROVIDERS``) and register
+    themselves as pytrees.
     """
 
-    provider = "callback"
+    provider: str
 
     def __init__(self, config: EngineConfig, executor: Executor, embedding: jax.Array):
         self.config = config
@@ -138,8 +139,3 @@ class CallbackEngine:
 
     def execute(self, prepared: Prepared) -> dict[str, jax.Array]:
         return call_executor(self.spec, self.executor, prepared)
-
-    def capture_graph(self, prepared: Prepared) -> bool:
-        """No graphs unless the provider says otherwise."""
-        del prepared
-        return False

@@ -1,6 +1,6 @@
 """The ``onnxruntime`` provider: the exported ONNX run by onnxruntime through the executor glue.
 
-Inside ``jit`` each step is one ``buffer_callback`` (``engine/callback.py``); onnxruntime's I/O
+Inside ``jit`` each step is one ``buffer_callback`` (``engine/callback/glue.py``); onnxruntime's I/O
 binding points at XLA's raw buffers, and ``present_*`` is bound to the ``past_*`` buffer so
 ``TensorScatter`` takes its in-place path. It runs on CPU, so the glue the ``tensorrt`` provider
 uses is exercised for real in CI.
@@ -17,19 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ...dims import InferenceDims
+from ...dtypes import from_ort
 from ...errors import EngineError
 from ..protocol import Prepared
 from ..spec import build_llm_spec
 from .engine_dir import FoundBinding, check_io, read_engine_dir
 from .glue import BufferInfo, CallbackEngine
-
-_ORT_DTYPES = {
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(bfloat16)": "bfloat16",
-    "tensor(int32)": "int32",
-    "tensor(int64)": "int64",
-}
 
 
 class OrtExecutor:
@@ -58,7 +51,7 @@ class OrtExecutor:
         for io, values in (("in", self.session.get_inputs()), ("out", self.session.get_outputs())):
             for v in values:
                 shape = tuple(d if isinstance(d, int) else -1 for d in v.shape)
-                found[v.name] = (io, _ORT_DTYPES.get(v.type, v.type), shape)
+                found[v.name] = (io, from_ort(v.type), shape)
         return found
 
     def run(
@@ -100,17 +93,17 @@ class OnnxRuntimeEngine(CallbackEngine):
 def load_onnxruntime_engine(
     engine_dir: str | Path, threads: int = 1, log_severity: int = 3
 ) -> OnnxRuntimeEngine:
-    """Loads an engine directory built with provider ``onnx`` and checks its I/O.
+    """Loads an engine directory built with provider ``onnxruntime`` and checks its I/O.
 
     Args:
-      engine_dir: the directory ``build_engine(..., provider="onnx")`` wrote.
+      engine_dir: the directory ``build_engine(..., provider="onnxruntime")`` wrote.
       threads: onnxruntime intra-op threads.
       log_severity: onnxruntime log level (0 verbose .. 4 fatal).
 
     Raises:
       EngineError: a missing file, or a model whose bindings contradict ``config.json``.
     """
-    cfg, path, embedding = read_engine_dir(engine_dir, "onnx")
+    cfg, path, embedding = read_engine_dir(engine_dir, "onnxruntime")
     executor = OrtExecutor(path, threads, log_severity)
-    check_io(executor.introspect(), build_llm_spec(cfg), cfg, str(path))
+    check_io(executor.introspect(), build_llm_spec(cfg), str(path))
     return OnnxRuntimeEngine(cfg, executor, jnp.asarray(embedding))

@@ -1,6 +1,6 @@
 """The ``tensorrt`` provider: a serialized TensorRT / TensorRT-RTX engine run inside ``jit``.
 
-Each step is one ``buffer_callback`` (``engine/callback.py``) on XLA's CUDA stream:
+Each step is one ``buffer_callback`` (``engine/callback/glue.py``) on XLA's CUDA stream:
 ``set_optimization_profile_async`` when the profile changes, ``set_input_shape`` and
 ``set_tensor_address`` for every binding (``present_*`` share the ``past_*`` buffers), then
 ``execute_async_v3`` — through the ``GraphCache`` for decode steps (profile 1), so a decode step
@@ -22,7 +22,6 @@ import jax.numpy as jnp
 from ...config import EngineConfig, read_json
 from ...dims import InferenceDims
 from ...errors import EngineError
-from ..protocol import Prepared
 from ..snapshot import BindingSnapshot, GraphCache
 from ..spec import build_llm_spec
 from .engine_dir import CONFIG_FILE, read_engine_dir
@@ -133,13 +132,14 @@ class TrtExecutor:
 
 @jax.tree_util.register_pytree_node_class
 class TensorRtEngine(CallbackEngine):
-    """A TensorRT engine directory run through ``buffer_callback``; the embedding is the leaf."""
+    """A TensorRT engine directory run through ``buffer_callback``; the embedding is the leaf.
+
+    Decode steps (``GRAPHED_PROFILE``) are captured as CUDA graphs on their first run and replayed
+    by the executor's ``GraphCache`` (``executor.graphs.stats``; ``executor.capture = False``
+    always enqueues).
+    """
 
     provider = "tensorrt"
-
-    def capture_graph(self, prepared: Prepared) -> bool:
-        """Decode steps are captured on their first run by the ``GraphCache``; see ``stats``."""
-        return prepared.profile == GRAPHED_PROFILE and self.executor.capture
 
 
 def load_tensorrt_engine(engine_dir: str | Path) -> TensorRtEngine:

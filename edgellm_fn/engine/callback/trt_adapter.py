@@ -18,20 +18,13 @@ from types import ModuleType
 from typing import Any
 
 from ...config import EngineConfig
+from ...dtypes import from_tensorrt
 from ...errors import EngineError
-from ..spec import EngineSpec, Profile, TensorSpec
+from ..spec import EngineSpec, Profile
 from .engine_dir import FoundBinding, check_io
 
 _MODULES = {"tensorrt": ("tensorrt",), "tensorrt-rtx": ("tensorrt_rtx", "tensorrt_rtx_bindings")}
 _PIP = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings"}
-_DTYPES = {
-    "FLOAT": "float32",
-    "HALF": "float16",
-    "BF16": "bfloat16",
-    "INT32": "int32",
-    "INT64": "int64",
-    "BOOL": "bool",
-}
 #: TensorRT-RTX targets for a build on a machine without a GPU (Turing lacks FP32 GEMM).
 RTX_DEFAULT_TARGETS = ("SM80", "SM86", "SM89", "SM120", "SM121")
 
@@ -59,10 +52,6 @@ def is_rtx(trt: ModuleType) -> bool:
     return trt.__name__.startswith("tensorrt_rtx")
 
 
-def dtype_name(trt_dtype: Any) -> str:
-    return _DTYPES.get(str(trt_dtype).rsplit(".", 1)[-1], str(trt_dtype))
-
-
 @dataclasses.dataclass(frozen=True)
 class Introspection:
     """What a network (as parsed, with the builder's profiles) or an engine declares.
@@ -85,37 +74,6 @@ class Introspection:
         )
 
 
-def _dim_range(d, p: Profile, index: int, fixed: dict) -> tuple[int, int]:
-    if isinstance(d, int):
-        return d, d
-    if d in fixed:
-        return fixed[d], fixed[d]
-    lo, hi = 1, 1
-    for f in d:
-        r = {
-            "batch": p.batch,
-            "seq_len": p.seq_len,
-            "select_len": (1, 1) if index == 0 else (1, p.seq_len[1]),
-            "start_index_len": (0, p.batch[1]) if index == 0 else p.batch,
-        }[f]
-        lo, hi = lo * r[0], hi * r[1]
-    return lo, hi
-
-
-def _is_dynamic(b: TensorSpec) -> bool:
-    return any(not isinstance(d, int) and d not in (("kv_len",), ("rope_batch",)) for d in b.shape)
-
-
-def profile_ranges(b: TensorSpec, spec: EngineSpec, cfg: EngineConfig) -> tuple:
-    """``((min, max), ...)`` per profile for input binding ``b``."""
-    fixed = {("kv_len",): cfg.kv_capacity, ("rope_batch",): 1}
-    out = []
-    for index, p in enumerate(spec.profiles):
-        dims = [_dim_range(d, p, index, fixed) for d in b.shape]
-        out.append((tuple(r[0] for r in dims), tuple(r[1] for r in dims)))
-    return tuple(out)
-
-
 def check_introspection(
     found: Introspection, spec: EngineSpec, cfg: EngineConfig, where: str
 ) -> None:
@@ -124,9 +82,9 @@ def check_introspection(
     Raises:
       EngineError: naming the first mismatch (an engine built for other limits included).
     """
-    check_io(found.bindings, spec, cfg, where)
+    check_io(found.bindings, spec, where)
     for b in spec.inputs():
-        want = profile_ranges(b, spec, cfg)
+        want = spec.profile_ranges(b)
         got = found.ranges.get(b.name)
         if got is not None and tuple(got) != want:
             raise EngineError(
@@ -152,7 +110,7 @@ def introspect_network(trt: ModuleType, network: Any, profiles: Sequence[Any]) -
     ):
         for i in range(count):
             t = get(i)
-            bindings[t.name] = (io, dtype_name(t.dtype), tuple(t.shape))
+            bindings[t.name] = (io, from_tensorrt(t.dtype), tuple(t.shape))
             if io == "in" and -1 in tuple(t.shape):
                 ranges[t.name] = tuple(
                     (tuple(p.get_shape(t.name)[0]), tuple(p.get_shape(t.name)[2])) for p in profiles
@@ -176,7 +134,7 @@ def introspect_engine(trt: ModuleType, engine: Any) -> Introspection:
         name = engine.get_tensor_name(i)
         io = "in" if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else "out"
         shape = tuple(engine.get_tensor_shape(name))
-        bindings[name] = (io, dtype_name(engine.get_tensor_dtype(name)), shape)
+        bindings[name] = (io, from_tensorrt(engine.get_tensor_dtype(name)), shape)
         if io == "in" and -1 in shape:
             ranges[name] = tuple(
                 (tuple(s[0]), tuple(s[2]))
@@ -255,8 +213,8 @@ def build_serialized(
     for index in range(len(spec.profiles)):
         profile = builder.create_optimization_profile()
         for b in spec.inputs():
-            if _is_dynamic(b):
-                lo, hi = profile_ranges(b, spec, cfg)[index]
+            if spec.is_dynamic(b):
+                lo, hi = spec.profile_ranges(b)[index]
                 profile.set_shape(b.name, lo, hi, hi)
         config.add_optimization_profile(profile)
         profiles.append(profile)

@@ -14,10 +14,11 @@ import onnx
 from onnx import helper
 
 from ...config import EngineConfig
+from ...dtypes import dtype as lookup_dtype
 from ...engine.spec import EngineSpec, TensorSpec, build_llm_spec
 from ...errors import ConfigError
 from ..llama import Params
-from .graph import ONNX_DTYPE, OPSET, GraphBuilder, decoder_graph
+from .graph import OPSET, GraphBuilder, decoder_graph
 
 #: onnxruntime reads models up to this IR version.
 IR_VERSION = 11
@@ -35,22 +36,14 @@ _DIM_NAMES = {
 }
 
 
-def _static_dims(cfg: EngineConfig) -> dict[tuple[str, ...], int]:
-    return {("kv_len",): cfg.kv_capacity, ("rope_batch",): 1}
-
-
-def value_info(b: TensorSpec, cfg: EngineConfig) -> onnx.ValueInfoProto:
-    """The graph input/output declaration of binding ``b`` (named or static dims)."""
-    static = _static_dims(cfg)
+def value_info(b: TensorSpec, spec: EngineSpec) -> onnx.ValueInfoProto:
+    """The graph input/output declaration of binding ``b``: sizes fixed by ``spec`` at build
+    time, named dims for the dynamic ones."""
     shape: list[int | str] = []
     for d in b.shape:
-        if isinstance(d, int):
-            shape.append(d)
-        elif d in static:
-            shape.append(static[d])
-        else:
-            shape.append(_DIM_NAMES[d])
-    return helper.make_tensor_value_info(b.name, ONNX_DTYPE[b.dtype], shape)
+        fixed = spec.built_dim(d)
+        shape.append(_DIM_NAMES[d] if fixed is None else fixed)
+    return helper.make_tensor_value_info(b.name, lookup_dtype(b.dtype).onnx, shape)
 
 
 def check_exportable(cfg: EngineConfig) -> None:
@@ -74,8 +67,8 @@ def build_model(
     graph = helper.make_graph(
         g.nodes,
         "edgellm_fn_decoder",
-        [value_info(b, cfg) for b in spec.inputs()],
-        [value_info(b, cfg) for b in spec.outputs()],
+        [value_info(b, spec) for b in spec.inputs()],
+        [value_info(b, spec) for b in spec.outputs()],
         initializer=g.initializers,
     )
     model = helper.make_model(

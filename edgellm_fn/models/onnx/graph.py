@@ -20,17 +20,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ...config import EngineConfig
+from ...dtypes import dtype as lookup_dtype
 from ..llama import Params
 
 OPSET = 24
-ONNX_DTYPE = {
-    "float32": TensorProto.FLOAT,
-    "float16": TensorProto.FLOAT16,
-    "bfloat16": TensorProto.BFLOAT16,
-    "int32": TensorProto.INT32,
-    "int64": TensorProto.INT64,
-    "bool": TensorProto.BOOL,
-}
 
 
 class GraphBuilder:
@@ -64,13 +57,7 @@ class GraphBuilder:
         return name
 
     def weight(self, value, name: str, dtype: str) -> str:
-        arr = np.asarray(value)
-        if dtype == "bfloat16":
-            import ml_dtypes
-
-            arr = arr.astype(ml_dtypes.bfloat16)
-        else:
-            arr = arr.astype(dtype)
+        arr = np.asarray(value).astype(lookup_dtype(dtype).jnp)  # bfloat16 via ml_dtypes
         self.initializers.append(numpy_helper.from_array(arr, name))
         return name
 
@@ -125,8 +112,8 @@ def _step_inputs(g: GraphBuilder, cfg: EngineConfig) -> dict[str, str]:
     cos = g.op("Slice", [table, g.i64(0), g.i64(half), g.i64(1)])
     sin = g.op("Slice", [table, g.i64(half), g.i64(2 * half), g.i64(1)])
     if dtype != "float32":
-        cos = g.op("Cast", [cos], to=ONNX_DTYPE[dtype])
-        sin = g.op("Cast", [sin], to=ONNX_DTYPE[dtype])
+        cos = g.op("Cast", [cos], to=lookup_dtype(dtype).onnx)
+        sin = g.op("Cast", [sin], to=lookup_dtype(dtype).onnx)
     write = g.op("Cast", [start], to=TensorProto.INT64)
     return {
         "rope_pos": rope_pos,
@@ -171,7 +158,7 @@ def _layer(
     caches = []
     for kind, new in (("key", k), ("value", v)):
         if cfg.kv_dtype != dt:
-            new = g.op("Cast", [new], to=ONNX_DTYPE[cfg.kv_dtype])
+            new = g.op("Cast", [new], to=lookup_dtype(cfg.kv_dtype).onnx)
         out = g.op(
             "TensorScatter",
             [f"past_{kind}_{i}", new, s["write"]],
@@ -179,7 +166,7 @@ def _layer(
             axis=2,
             mode="linear",
         )
-        caches.append(out if cfg.kv_dtype == dt else g.op("Cast", [out], to=ONNX_DTYPE[dt]))
+        caches.append(out if cfg.kv_dtype == dt else g.op("Cast", [out], to=lookup_dtype(dt).onnx))
     mask = s[f"mask{m.sliding_windows[i]}"]
     # No softmax_precision: TensorRT rejects it (its attention layer picks its own precision).
     y = g.op("Attention", [q, caches[0], caches[1], mask])

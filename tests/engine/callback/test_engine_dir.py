@@ -19,7 +19,7 @@ def built(checkpoints, tmp_path_factory):
     out = tmp_path_factory.mktemp("engine_qwen3")
     stages = []
     build_engine(
-        checkpoints["qwen3"], out, "onnx", **LIMITS, progress=lambda s, f: stages.append(f)
+        checkpoints["qwen3"], out, "onnxruntime", **LIMITS, progress=lambda s, f: stages.append(f)
     )
     assert stages[0] == 0.0 and stages[-1] == 1.0
     return out
@@ -52,7 +52,7 @@ def test_layout_and_config(built):
         "max_input_len": 16,
         "max_kv_cache_capacity": 32,
     }
-    assert raw["engine"]["provider"] == "onnx" and raw["kv_cache_dtype"] == "float32"
+    assert raw["engine"]["provider"] == "onnxruntime" and raw["kv_cache_dtype"] == "float32"
     assert load_onnxruntime_engine(built).embedding.shape == (128, 64)
 
 
@@ -81,7 +81,7 @@ def test_checkpoint_is_not_an_engine_dir(checkpoints):
 
 def test_engine_built_for_another_provider(copy):
     _edit_config(copy, engine={"provider": "tensorrt", "file": "model.engine"})
-    with pytest.raises(EngineError, match=r"engine.provider='tensorrt' \(expected 'onnx'\)"):
+    with pytest.raises(EngineError, match=r"engine.provider='tensorrt' \(expected 'onnxruntime'\)"):
         load_onnxruntime_engine(copy)
 
 
@@ -107,16 +107,29 @@ def test_config_with_other_dtype_than_the_engine(copy):
         load_onnxruntime_engine(copy)
 
 
+def test_directory_written_with_the_old_provider_name_still_loads(copy):
+    _edit_config(copy, engine={"provider": "onnx", "file": "model.onnx", "builder": "onnx"})
+    assert load_onnxruntime_engine(copy).provider == "onnxruntime"
+
+
 def test_unknown_build_provider(checkpoints, tmp_path):
     with pytest.raises(ConfigError, match=r"build: provider='trt' \(expected one of"):
         build_engine(checkpoints["qwen3"], tmp_path, "trt")
+    with pytest.raises(ConfigError, match=r"build: provider='xla' .*nothing to build"):
+        build_engine(checkpoints["qwen3"], tmp_path, "xla")
+    with pytest.raises(
+        ConfigError, match=r"build: builder='tensorrt' \(expected None for provider"
+    ):
+        build_engine(checkpoints["qwen3"], tmp_path, "onnxruntime", builder="tensorrt")
+    with pytest.raises(ConfigError, match=r"build: builder='trt' \(expected one of"):
+        build_engine(checkpoints["qwen3"], tmp_path, "tensorrt", builder="trt")
 
 
 def test_bfloat16_onnx_engine_is_refused_at_build(checkpoints, tmp_path):
     with pytest.raises(
-        ConfigError, match=r"dtype='bfloat16' for provider 'onnx' .*pass --dtype float32"
+        ConfigError, match=r"dtype='bfloat16' for provider 'onnxruntime' .*pass --dtype float32"
     ):
-        build_engine(checkpoints["qwen3"], tmp_path, "onnx", dtype="bfloat16")
+        build_engine(checkpoints["qwen3"], tmp_path, "onnx", dtype="bfloat16")  # old name
 
 
 def test_unloadable_onnx_file_names_the_file(copy):

@@ -14,7 +14,8 @@ from edgellm_fn.runtime.generate import generate
 from edgellm_fn.runtime.steps import decode_jit
 from edgellm_fn.text.tokenizer import Tokenizer
 
-from .helpers import DECODE_STEPS, LIMITS, PROMPT_LENGTHS, greedy
+from ...helpers import greedy
+from .helpers import DECODE_STEPS, LIMITS, PROMPT_LENGTHS, PROMPTS
 
 FAMILIES = ("llama", "qwen2", "qwen3")
 
@@ -25,7 +26,7 @@ def engines(checkpoints, tmp_path_factory) -> dict[str, tuple[OnnxRuntimeEngine,
     out = {}
     for family in FAMILIES:
         engine_dir = tmp_path_factory.mktemp(f"onnx_{family}")
-        build_engine(checkpoints[family], engine_dir, "onnx", **LIMITS)
+        build_engine(checkpoints[family], engine_dir, "onnxruntime", **LIMITS)
         ort_engine = load_onnxruntime_engine(engine_dir, log_severity=2)
         _, params = load_checkpoint(checkpoints[family])
         out[family] = (ort_engine, XlaEngine(ort_engine.config, params))
@@ -34,7 +35,10 @@ def engines(checkpoints, tmp_path_factory) -> dict[str, tuple[OnnxRuntimeEngine,
 
 @pytest.fixture(scope="module")
 def runs(engines) -> dict[str, dict[str, dict]]:
-    return {f: {"ort": greedy(o), "xla": greedy(x)} for f, (o, x) in engines.items()}
+    return {
+        f: {"ort": greedy(o, PROMPTS, DECODE_STEPS), "xla": greedy(x, PROMPTS, DECODE_STEPS)}
+        for f, (o, x) in engines.items()
+    }
 
 
 @pytest.mark.parametrize("family", FAMILIES)

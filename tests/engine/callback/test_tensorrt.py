@@ -19,7 +19,6 @@ from edgellm_fn.engine.callback.trt_adapter import (
     build_serialized,
     check_introspection,
     load_module,
-    profile_ranges,
 )
 from edgellm_fn.errors import EngineError
 from edgellm_fn.models.onnx.export import export_onnx
@@ -97,7 +96,7 @@ def test_engine_built_for_other_limits_is_refused(built):
 def test_profile_ranges_follow_the_spec(built):
     _, cfg, _ = built
     spec = build_llm_spec(cfg)
-    assert profile_ranges(spec["last_token_ids"], spec, cfg) == (((1, 1), (2, 1)),) * 2
+    assert spec.profile_ranges(spec["last_token_ids"]) == (((1, 1), (2, 1)),) * 2
 
 
 def test_build_engine_float32_writes_an_engine_dir(checkpoints, tmp_path):
@@ -149,12 +148,14 @@ def test_tensorrt_runtime_matches_xla(checkpoints, tmp_path):
     from edgellm_fn import XlaEngine
     from edgellm_fn.engine.callback.tensorrt import load_tensorrt_engine
 
-    from .helpers import greedy
+    from ...helpers import greedy
+    from .helpers import DECODE_STEPS, PROMPTS
 
     build_engine(checkpoints["qwen3"], tmp_path, "tensorrt-rtx", **LIMITS, dtype="float16")
     engine = load_tensorrt_engine(tmp_path)
     _, params = load_checkpoint(checkpoints["qwen3"], dtype="float16")
-    got, want = greedy(engine), greedy(XlaEngine(engine.config, params))
+    got = greedy(engine, PROMPTS, DECODE_STEPS)
+    want = greedy(XlaEngine(engine.config, params), PROMPTS, DECODE_STEPS)
     assert got["addresses_kept"]
     assert abs(got["logits"] - want["logits"]).max() < 5e-2
     assert engine.executor.graphs.stats.hits > 0
