@@ -448,7 +448,7 @@ def read_json(
         raise error(f"{path}: file not found ({missing})")
     raw = read_json_file(path, error, missing or "a JSON object")
     if not isinstance(raw, Mapping):
-        raise error(f"{path}: top level={type(raw).__name__} (expected a JSON object)")
+        raise error(f"{path}: expected a JSON object, got {type(raw).__name__}")
     return raw
 
 

@@ -50,7 +50,8 @@ def test_while_loop_stops_at_eos_and_at_the_token_limit(engine):
     res = jax.device_get(res)
     np.testing.assert_array_equal(res.num_tokens, [3, 5])  # row 0 reaches EOS 5 after 3, 4
     np.testing.assert_array_equal(res.tokens[0, :3], [3, 4, 5])
-    np.testing.assert_array_equal(res.tokens[1], [13, 14, 15, 0, 1])
+    np.testing.assert_array_equal(res.tokens[1, :5], [13, 14, 15, 0, 1])
+    assert np.all(res.tokens[:, 5:] == loops.PAD)  # the result width is the step bucket
     np.testing.assert_array_equal(res.hit_eos, [True, False])
 
 
