@@ -60,7 +60,7 @@ def cmd_generate(args) -> int:
             ],
         )
     engine = _engine(args)
-    tokenizer = Tokenizer.from_dir(args.model)
+    tokenizer = Tokenizer.from_dir(args.model, vocab_size=engine.config.model.vocab_size)
     prompts = [
         encode_request(tokenizer, r.messages, batch.apply_chat_template) for r in batch.requests
     ]
@@ -83,7 +83,7 @@ def cmd_generate(args) -> int:
     )
     if streaming:
         print(file=sys.stderr)
-    text = json.dumps(responses_json(completions), indent=2, ensure_ascii=False)
+    text = json.dumps(responses_json(completions), indent=2, ensure_ascii=False, allow_nan=False)
     if args.output_file:
         Path(args.output_file).write_text(text + "\n")
     else:

@@ -45,7 +45,7 @@ def run_demo(model: str | None = None, max_new_tokens: int = 64) -> int:
     path = Path(model) if model else demo_model_dir()
     with console.status(f"loading {path.name} and compiling steps..."):
         engine = load_engine(path, max_batch_size=len(PROMPTS), max_input_len=64, kv_capacity=128)
-        tokenizer = Tokenizer.from_dir(path)
+        tokenizer = Tokenizer.from_dir(path, vocab_size=engine.config.model.vocab_size)
         cfg = engine.config.model
         n_params = sum(x.size for x in jax.tree_util.tree_leaves(engine.params))
         prompts = [tokenizer.encode(p) for p in PROMPTS]
