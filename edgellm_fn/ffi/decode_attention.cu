@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <string>
 
+#include "cuda_numerics.cuh"
 #include "decode_attention.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -23,43 +24,12 @@ namespace ffi = xla::ffi;
 namespace edgellm::attn {
 namespace {
 
+using namespace edgellm::cuda;  // NOLINT: the shared device helpers
+
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kMaxDim = 256;
 constexpr int kUnroll = 2;
-
-struct Bf16Tag {};
-struct F16Tag {};
-
-__device__ __forceinline__ float Round(Bf16Tag, float x) {
-  return __bfloat162float(__float2bfloat16_rn(x));
-}
-__device__ __forceinline__ float Round(F16Tag, float x) { return __half2float(__float2half_rn(x)); }
-__device__ __forceinline__ uint16_t Bits(Bf16Tag, float x) {
-  return __bfloat16_as_ushort(__float2bfloat16_rn(x));
-}
-__device__ __forceinline__ uint16_t Bits(F16Tag, float x) {
-  return __half_as_ushort(__float2half_rn(x));
-}
-__device__ __forceinline__ float Load(Bf16Tag, uint16_t h) {
-  return __uint_as_float(static_cast<uint32_t>(h) << 16);
-}
-__device__ __forceinline__ float Load(F16Tag, uint16_t h) { return __half2float(__ushort_as_half(h)); }
-
-template <typename Tag>
-__device__ __forceinline__ void Unpack(const uint4& v, float f[8]) {
-  const uint16_t* h = reinterpret_cast<const uint16_t*>(&v);
-#pragma unroll
-  for (int e = 0; e < 8; ++e) f[e] = Load(Tag{}, h[e]);
-}
-
-__device__ __forceinline__ uint4 LoadStream(const uint4* p) {
-  uint4 v;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(p));
-  return v;
-}
 
 // Norm + RoPE of one head vector held in shared memory (one warp).
 template <typename Tag>
@@ -190,8 +160,8 @@ __global__ void __launch_bounds__(kThreads) AttendKernel(const Plan p) {
           vf[e] = active ? vn_s[ch * 8 + e] : 0.0f;
         }
       } else if (valid && active) {
-        Unpack<Tag>(kc[u], kf);
-        Unpack<Tag>(vc[u], vf);
+        Unpack(Tag{}, kc[u], kf);
+        Unpack(Tag{}, vc[u], vf);
       } else {
 #pragma unroll
         for (int e = 0; e < 8; ++e) kf[e] = vf[e] = 0.0f;
