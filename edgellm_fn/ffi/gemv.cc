@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "gemv.h"
+#include "ffi_capsule.h"
 #include "nanobind/nanobind.h"
 #include "numerics.h"
 #include "xla/ffi/api/ffi.h"
@@ -111,16 +112,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GemvCpu, edgellm::gemv::GemvDispatch,
 XLA_FFI_DECLARE_HANDLER_SYMBOL(GemvCuda);
 #endif
 
-namespace {
-
-template <typename T>
-nb::capsule EncapsulateFfiHandler(T* fn) {
-  static_assert(std::is_invocable_r_v<XLA_FFI_Error*, T, XLA_FFI_CallFrame*>,
-                "Encapsulated function must be an XLA FFI handler");
-  return nb::capsule(reinterpret_cast<void*>(fn));
-}
-
-}  // namespace
+using edgellm::EncapsulateFfiHandler;
 
 NB_MODULE(_gemv, m) {
   m.def("registrations", []() {

@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "kv_cache_utils.h"
+#include "ffi_capsule.h"
 #include "nanobind/nanobind.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -175,16 +176,7 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(IncrementLengthsCuda);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(IncrementLengthsByTensorCuda);
 #endif
 
-namespace {
-
-template <typename T>
-nb::capsule EncapsulateFfiHandler(T* fn) {
-  static_assert(std::is_invocable_r_v<XLA_FFI_Error*, T, XLA_FFI_CallFrame*>,
-                "Encapsulated function must be an XLA FFI handler");
-  return nb::capsule(reinterpret_cast<void*>(fn));
-}
-
-}  // namespace
+using edgellm::EncapsulateFfiHandler;
 
 NB_MODULE(_kv_cache_utils, m) {
   m.attr("MAX_BATCHED_LAYERS") = edgellm::kv::kMaxLayers;
