@@ -8,8 +8,7 @@ Sections (each independent; a failing one prints its error and the rest still ru
 - gemv: every Llama-3.2-1B projection, 16 distinct copies (as 16 layers, past L2) in one jit,
   fused kernel vs the XLA reference, M = 1 and 8: GB/s of weights streamed.
 - attention: 16 layers of decode attention at valid length 2048, capacity 4096 and 32768.
-- decode: the whole model (random bf16 weights), `decode_while` ms/token per kernel mode (`--modes`:
-  auto = the one-call layer stack with PDL at <= 2 rows, auto-nopdl, ops = one call per op, off).
+- decode: the whole model (random bf16 weights), `decode_while` ms/token, kernels on vs off.
 - prefill: 2048-token prefill, kernels (cuDNN flash attention) vs the reference path.
 """
 
@@ -209,14 +208,6 @@ def _engine(kernels: str, capacity: int, batch: int, max_input: int):
     return XlaEngine(cfg, params, kernels)
 
 
-def _set_pdl(mode: str) -> str:
-    """``"<kernels>-nopdl"`` runs ``kernels`` with the layer stack's PDL off (EDGELLM_FN_PDL=0,
-    read at trace time, so the jit caches are cleared first); returns the kernel mode."""
-    jax.clear_caches()
-    os.environ["EDGELLM_FN_PDL"] = "0" if mode.endswith("-nopdl") else "1"
-    return mode.removesuffix("-nopdl")
-
-
 def decode_section(copy_gbs: float, cases) -> None:
     from edgellm_fn import create_state, embed, prefill
     from edgellm_fn.bench.ceilings import weight_bytes_per_decode_step
@@ -226,7 +217,7 @@ def decode_section(copy_gbs: float, cases) -> None:
     tokens = 128
     for batch, ctx, cap, kernel_modes in cases:
         for kernels in kernel_modes:
-            engine = _engine(_set_pdl(kernels), cap, batch, ctx)
+            engine = _engine(kernels, cap, batch, ctx)
             ids = np.random.RandomState(0).randint(0, 1000, (batch, ctx)).astype(np.int32)
             lengths = np.full((batch,), ctx)
             greedy = SamplingConfig(max_top_k=1)  # greedy: no vocabulary sort in the loop

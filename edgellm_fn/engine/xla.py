@@ -7,9 +7,7 @@ donate the state so XLA writes ``present_*`` into the ``past_*`` buffers.
 Kernel mode (``kernels=``, or the ``EDGELLM_FN_KERNELS`` environment variable for A/B runs):
 ``"auto"`` runs decode steps on the fused kernels (``models/fused.py``) and fresh prefills on cuDNN
 flash attention on a GPU, and the reference path elsewhere; ``"on"`` forces the kernels (their CPU
-twins on a CPU) and raises where they do not apply; ``"ops"`` is ``"on"`` with one custom call per
-op instead of the one-call layer stack (``ffi.decode_stack``), for A/B runs; ``"off"`` is the
-reference path everywhere.
+twins on a CPU) and raises where they do not apply; ``"off"`` is the reference path everywhere.
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ from ..models import fused, llama
 from .protocol import Prepared, prepare_checked
 from .spec import EngineSpec, build_llm_spec
 
-KERNEL_MODES = ("auto", "on", "ops", "off")
+KERNEL_MODES = ("auto", "on", "off")
 
 
 def _kernel_mode(kernels: str | None) -> str:
@@ -67,10 +65,10 @@ class XlaEngine:
         why = fused.kernel_support(self.config, batch, platform)
         if why is None and platform == "gpu" and not _cuda_built():
             why = "the package was built without its CUDA handlers (no nvcc at install)"
-        if why is None and (self.kernels in ("on", "ops") or platform == "gpu"):
+        if why is None and (self.kernels == "on" or platform == "gpu"):
             return "kernels", f"fused kernels on {platform}"
-        if self.kernels in ("on", "ops"):
-            raise EngineError(f"xla provider: kernels={self.kernels!r} but {why}")
+        if self.kernels == "on":
+            raise EngineError(f"xla provider: kernels='on' but {why}")
         return "reference", why or f"kernels='auto' uses the reference path on {platform}"
 
     @property
@@ -112,7 +110,7 @@ class XlaEngine:
         select = t["last_token_ids"]
         if use_kernels and prepared.profile == 1 and s == 1:
             hidden, ks, vs = fused.decode_layers(
-                m, self.params, x[:, 0], rope, start, context, ks, vs, stack=self.kernels != "ops"
+                m, self.params, x[:, 0], rope, start, context, ks, vs
             )
             picked = hidden[:, None]  # decode selects its only token
         else:

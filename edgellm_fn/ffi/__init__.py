@@ -12,7 +12,7 @@ import types
 import jax
 
 try:
-    from edgellm_fn.ffi import _decode_attention, _decode_stack, _gemv, _kv_cache_utils
+    from edgellm_fn.ffi import _decode_attention, _gemv, _kv_cache_utils
 except ImportError as e:  # pragma: no cover - only without a build
     raise ImportError(
         f"edgellm_fn.ffi: a compiled handler module is missing ({e}); build the handlers "
@@ -21,8 +21,6 @@ except ImportError as e:  # pragma: no cover - only without a build
 
 from edgellm_fn.ffi.decode_attention import decode_attention as decode_attention
 from edgellm_fn.ffi.decode_attention import decode_attention_ref as decode_attention_ref
-from edgellm_fn.ffi.decode_stack import decode_stack as decode_stack
-from edgellm_fn.ffi.decode_stack import decode_stack_ref as decode_stack_ref
 from edgellm_fn.ffi.gemv import gemv as gemv
 from edgellm_fn.ffi.gemv import gemv_ref as gemv_ref
 from edgellm_fn.ffi.kv_cache_utils import (
@@ -64,8 +62,6 @@ __all__ = [
     "cuda_available",
     "decode_attention",
     "decode_attention_ref",
-    "decode_stack",
-    "decode_stack_ref",
     "gemv",
     "gemv_ref",
     "increment_lengths",
@@ -81,12 +77,7 @@ __all__ = [
     "save_kv_cache_layer_ref",
 ]
 
-_COMPILED_MODULES: tuple[types.ModuleType, ...] = (
-    _kv_cache_utils,
-    _gemv,
-    _decode_attention,
-    _decode_stack,
-)
+_COMPILED_MODULES: tuple[types.ModuleType, ...] = (_kv_cache_utils, _gemv, _decode_attention)
 
 
 def _register_all() -> dict[str, tuple[str, ...]]:

@@ -1,17 +1,11 @@
 // Device helpers shared by the CUDA decode kernels: 16-bit storage tags, round-to-nearest
-// conversions (bit-exact with XLA's converts), 16-byte unpacking and streaming loads, and
-// programmatic dependent launch (PDL, sm_90): a kernel launched with `pdl` may start while the
-// previous kernel on the stream finishes; it must call WaitForPrevious() before it reads what
-// that kernel wrote or writes anything. Without `pdl` both device calls are no-ops.
+// conversions (bit-exact with XLA's converts), 16-byte unpacking and streaming loads.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
-#include <utility>
 
 namespace edgellm::cuda {
 
@@ -64,37 +58,6 @@ __device__ __forceinline__ uint4 LoadStream(const uint4* p) {
       : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
       : "l"(p));
   return v;
-}
-
-// Lets the next kernel on the stream (if launched with pdl) be scheduled now.
-__device__ __forceinline__ void LaunchDependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
-// Blocks until the previous kernel on the stream has completed and its writes are visible.
-__device__ __forceinline__ void WaitForPrevious() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-// <<<grid, block, 0, stream>>>, as a programmatic dependent launch when `pdl`.
-template <typename... Params, typename... Args>
-cudaError_t LaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
-                         bool pdl, Args&&... args) {
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.dynamicSmemBytes = 0;
-  config.stream = stream;
-  config.attrs = attr;
-  config.numAttrs = pdl ? 1 : 0;
-  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 
 }  // namespace edgellm::cuda

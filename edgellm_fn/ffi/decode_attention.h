@@ -43,7 +43,6 @@ struct Plan {
   const void* v_in = nullptr;
   float eps = 0.0f, scale = 1.0f;
   int32_t window = 0;
-  bool pdl = false;  // launch as a programmatic dependent launch (CUDA only)
 };
 
 inline ffi::Error Bad(const std::string& what) {

@@ -34,7 +34,6 @@ struct Plan {
   float eps = 0.0f;
   bool gated = false;
   int32_t activation = 0;
-  bool pdl = false;  // launch as a programmatic dependent launch (CUDA only)
 };
 
 inline bool IsFloat(ffi::DataType t) {

@@ -1,14 +1,12 @@
 // The fused decode GEMV's CUDA kernel and launchers (see gemv.h for the math), shared by the
-// per-op handler (gemv.cu) and the layer-stack handler (decode_stack.cu).
+// CUDA handler (gemv.cu) and the launch-configuration sweep (benchmarks/gemv_sweep.cu).
 //
 // Memory-bound at small M: every weight byte is streamed once with 16-byte
 // loads that bypass L1 (ld.global.nc.L1::no_allocate), rows [N, K] contiguous.
 // A block of 8 warps owns a few rows and splits K over its threads; each
 // thread issues all its weight loads first, then computes the norm (if any)
 // from its own x chunks, so the prologue hides under the weight fetch; partial
-// sums meet in shared memory. With Plan::pdl the launch is a programmatic
-// dependent launch: the weight loads (which depend on nothing) are issued
-// before the wait for the previous kernel, so they overlap its tail.
+// sums meet in shared memory.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -29,8 +27,7 @@ namespace {
 namespace ffi = xla::ffi;
 using namespace edgellm::cuda;  // NOLINT: the shared device helpers
 
-constexpr int kWarps = 8;
-constexpr int kThreads = kWarps * 32;
+constexpr int kDefaultWarps = 8;  // warps per block of the shipped configurations
 
 template <typename Tag>
 __device__ __forceinline__ float Act(int32_t act, float g) {
@@ -51,9 +48,10 @@ __device__ __forceinline__ float Act(int32_t act, float g) {
 // tile's weight loads (kPre chunk iterations x kR rows per thread) are issued before the norm
 // prologue reads x, and the weights arrive while the norm is computed. The thread's own chunks
 // also give its share of the norm's sum of squares, so x is never staged.
-template <typename Tag, typename OutT, int kM, int kR, int kPre, bool kNorm, bool kGated>
-__global__ void __launch_bounds__(kThreads) GemvKernel(const Plan p) {
-  LaunchDependents();
+template <typename Tag, typename OutT, int kM, int kR, int kPre, bool kNorm, bool kGated,
+          int kWarps>
+__global__ void __launch_bounds__(kWarps * 32) GemvKernel(const Plan p) {
+  constexpr int kThreads = kWarps * 32;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t kc = p.k / 8;
   const int64_t iters = (kc + kThreads - 1) / kThreads;
@@ -79,7 +77,6 @@ __global__ void __launch_bounds__(kThreads) GemvKernel(const Plan p) {
     for (int r = 0; r < kR; ++r) wv[i][r] = c < kc ? LoadStream(w + row[r] * kc + c) : uint4{};
   }
 
-  WaitForPrevious();  // x, residual and out belong to the previous kernels
   __shared__ float scale[kM];
   __shared__ float red[kWarps][kR][kM];
   if constexpr (kNorm) {
@@ -196,24 +193,34 @@ __global__ void __launch_bounds__(kThreads) GemvKernel(const Plan p) {
   }
 }
 
-template <typename Tag, typename OutT, int kM, int kR, int kPre, bool kNorm, bool kGated>
+template <typename Tag, typename OutT, int kM, int kR, int kPre, bool kNorm, bool kGated,
+          int kWarps = kDefaultWarps>
 ffi::Error Launch(cudaStream_t stream, const Plan& p) {
   constexpr int kUnits = kGated ? kR / 2 : kR;
+  static_assert(kUnits * kM <= kWarps * 32, "the epilogue needs a thread per output");
   const int64_t blocks = (p.n_out + kUnits - 1) / kUnits;
-  if (cudaError_t err = LaunchKernel(GemvKernel<Tag, OutT, kM, kR, kPre, kNorm, kGated>,
-                                     dim3(static_cast<unsigned>(blocks)), dim3(kThreads), stream,
-                                     p.pdl, p);
-      err != cudaSuccess) {
+  GemvKernel<Tag, OutT, kM, kR, kPre, kNorm, kGated, kWarps>
+      <<<static_cast<unsigned>(blocks), kWarps * 32, 0, stream>>>(p);
+  if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
     return ffi::Error::Internal(std::string("edgellm_gemv: kernel launch failed: ") +
                                 cudaGetErrorString(err));
   }
   return ffi::Error::Success();
 }
 
-// Loads in flight per thread = kPre x kR: enough to cover memory latency at any K.
+// Loads in flight per thread = kPre x kR: enough to cover memory latency at any K. At one row
+// into the model dtype, more and smaller blocks win (benchmarks/gemv_sweep.cu on an H200, 16
+// layers' Llama-3.2-1B projections back to back: down 11.5 -> 9.6 us, gate/up 18.7 -> 17.8 us,
+// O 4.0 -> 3.7 us per launch; QKV and the f32-logits lm_head were already at their best).
 template <typename Tag, typename OutT, int kM, bool kNorm, bool kGated>
 ffi::Error LaunchK(cudaStream_t stream, const Plan& p) {
+  constexpr int kThreads = kDefaultWarps * 32;
   const int64_t iters = (p.k / 8 + kThreads - 1) / kThreads;
+  if constexpr (kM == 1 && sizeof(OutT) == 2) {
+    if (iters > 1) return Launch<Tag, OutT, 1, 2, 1, kNorm, kGated>(stream, p);
+    if (kGated) return Launch<Tag, OutT, 1, 4, 1, kNorm, kGated, 4>(stream, p);
+    if (p.n_out <= 2048) return Launch<Tag, OutT, 1, 2, 1, kNorm, kGated>(stream, p);
+  }
   if (iters <= 1) return Launch<Tag, OutT, kM, (kM <= 4 ? 8 : 4), 1, kNorm, kGated>(stream, p);
   if (iters <= 2) return Launch<Tag, OutT, kM, 4, 2, kNorm, kGated>(stream, p);
   return Launch<Tag, OutT, kM, 4, 4, kNorm, kGated>(stream, p);

@@ -22,7 +22,6 @@ import jax.numpy as jnp
 
 from ..config import EngineConfig, ModelConfig
 from ..ffi.decode_attention import decode_attention, decode_attention_ref
-from ..ffi.decode_stack import decode_stack, decode_stack_ref
 from ..ffi.gemv import ACTIVATIONS, MAX_ROWS, gemv, gemv_ref
 from .llama import Params
 
@@ -74,13 +73,8 @@ def decode_layers(
     v_caches: Sequence[jax.Array],
     *,
     use_kernels: bool = True,
-    stack: bool = True,
 ) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
     """Every decoder layer for one new token per row.
-
-    With ``use_kernels`` and at most ``GEMV_ROWS`` rows, ``stack`` runs all layers as one custom
-    call (``ffi.decode_stack``: kernels chained by programmatic dependent launch); otherwise one
-    custom call per op (XLA's GEMM for the projections past ``GEMV_ROWS`` rows).
 
     Args:
       x: ``[B, H]`` embedded new tokens.
@@ -91,19 +85,39 @@ def decode_layers(
     Returns:
       ``(hidden [B, H] before the final norm, k_caches, v_caches)``.
     """
-    windows = [int(w) for w in cfg.sliding_windows]
-    kw = dict(windows=windows, eps=cfg.rms_norm_eps, activation=cfg.hidden_act)
-    if use_kernels and stack and x.shape[0] <= GEMV_ROWS:
-        return decode_stack(
-            params["layers"], x, rope, start, context_lengths, k_caches, v_caches, **kw
-        )
     linear, attend = _ops(use_kernels)
     if x.shape[0] > GEMV_ROWS:
         linear = gemv_ref
-    return decode_stack_ref(
-        params["layers"], x, rope, start, context_lengths, k_caches, v_caches,
-        linear=linear, attend=attend, **kw,
-    )  # fmt: skip
+    eps = cfg.rms_norm_eps
+    new_k, new_v = [], []
+    for i, lp in enumerate(params["layers"]):
+        qkv = linear(x, lp["wqkv"], norm_weight=lp["attn_norm"], eps=eps, bias=lp.get("bqkv"))
+        attn, k, v = attend(
+            qkv,
+            k_caches[i],
+            v_caches[i],
+            rope,
+            start,
+            context_lengths,
+            q_norm=lp.get("q_norm"),
+            k_norm=lp.get("k_norm"),
+            eps=eps,
+            window=cfg.sliding_windows[i],
+        )
+        x = linear(attn, lp["wo"], bias=lp.get("bo"), residual=x)
+        h = linear(
+            x,
+            lp["w_gate_up"],
+            norm_weight=lp["mlp_norm"],
+            eps=eps,
+            bias=lp.get("b_gate_up"),
+            gated=True,
+            activation=cfg.hidden_act,
+        )
+        x = linear(h, lp["w_down"], bias=lp.get("b_down"), residual=x)
+        new_k.append(k)
+        new_v.append(v)
+    return x, new_k, new_v
 
 
 def head_logits(

@@ -59,21 +59,10 @@ def test_kernel_path_matches_reference_logits_in_float32(checkpoints):
 def test_kernel_mode_is_checked_and_named(demo_engines, monkeypatch):
     ref, _ = demo_engines
     with pytest.raises(
-        EngineError, match=r"kernels='fast' \(expected one of \('auto', 'on', 'ops', 'off'\)"
+        EngineError, match=r"kernels='fast' \(expected one of \('auto', 'on', 'off'\)"
     ):
         XlaEngine(ref.config, ref.params, "fast")
     monkeypatch.setenv("EDGELLM_FN_KERNELS", "0")
     assert XlaEngine(ref.config, ref.params).kernels == "off"
     monkeypatch.setenv("EDGELLM_FN_KERNELS", "auto")
     assert XlaEngine(ref.config, ref.params).decode_path(1)[0] == "reference"  # CPU: golden path
-
-
-def test_one_call_layer_stack_equals_one_call_per_op(demo_engines):
-    ref, stacked = demo_engines
-    per_op = XlaEngine(ref.config, ref.params, "ops")
-    prompts = [list(b"def main():\n    "), list(b"import os")]  # 2 rows: the stack applies
-    got, got_logits = _greedy(stacked, prompts, 12)
-    ops, ops_logits = _greedy(per_op, prompts, 12)
-    np.testing.assert_array_equal(got, ops)
-    np.testing.assert_array_equal(got_logits, ops_logits)  # the same CPU twins, in order
-    np.testing.assert_array_equal(got, _greedy(ref, prompts, 12)[0])

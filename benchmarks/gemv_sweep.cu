@@ -1,0 +1,169 @@
+// GEMV launch-configuration sweep on the GPU (a benchmark, not a test): every Llama-3.2-1B
+// projection at M = 1, 16 distinct weight copies (as 16 layers, past L2) launched back to back
+// in a CUDA graph, for each (rows per block kR, loads in flight kPre, warps per block) of the
+// fused GEMV kernel (edgellm_fn/ffi/gemv_kernels.cuh); then the whole 16-layer GEMV chain with the
+// shipped configurations. Prints GB/s of weights streamed. (For the copy ceiling use
+// benchmarks/decode_kernels.py --sections ceiling.)
+//
+//   nvcc -O3 -std=c++17 -arch=sm_90 -I edgellm_fn/ffi -I "$(python -c 'import jax.ffi;
+//     print(jax.ffi.include_dir())')" benchmarks/gemv_sweep.cu -o gemv_sweep && ./gemv_sweep
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <vector>
+
+#include "gemv_kernels.cuh"
+
+using edgellm::cuda::Bf16Tag;
+using edgellm::gemv::Launch;
+using edgellm::gemv::Plan;
+
+#define CHECK(x)                                                                    \
+  do {                                                                              \
+    cudaError_t e_ = (x);                                                           \
+    if (e_ != cudaSuccess) {                                                        \
+      std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); \
+      std::exit(1);                                                                 \
+    }                                                                               \
+  } while (0)
+
+__global__ void Fill(uint16_t* p, size_t n, uint32_t seed) {
+  for (size_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
+    h ^= h >> 15;
+    // bf16 in [-1/64, 1/64): sign, exponent 121, random mantissa
+    p[i] = static_cast<uint16_t>(((h & 1u) << 15) | (121u << 7) | ((h >> 1) & 0x7f));
+  }
+}
+
+constexpr int kLayers = 16;
+
+struct Shape {
+  const char* name;
+  int64_t n, k;
+  bool norm, gated, residual;
+};
+
+struct Buffers {
+  std::vector<uint16_t*> w;
+  uint16_t *x, *nw, *res, *out;
+};
+
+uint16_t* Alloc(size_t n, uint32_t seed) {
+  uint16_t* p;
+  CHECK(cudaMalloc(&p, n * 2));
+  Fill<<<1024, 256>>>(p, n, seed);
+  return p;
+}
+
+Buffers Make(const Shape& s) {
+  Buffers b;
+  for (int l = 0; l < kLayers; ++l) b.w.push_back(Alloc(s.n * s.k, 17 + l));
+  b.x = Alloc(16 * s.k, 3);
+  b.nw = Alloc(s.k, 5);
+  b.res = Alloc(16 * s.n, 7);
+  b.out = Alloc(16 * s.n, 9);
+  return b;
+}
+
+Plan MakePlan(const Shape& s, const Buffers& b, int l) {
+  Plan p;
+  p.dtype = xla::ffi::DataType::BF16;
+  p.out_dtype = xla::ffi::DataType::BF16;
+  p.m = 1;
+  p.k = s.k;
+  p.n = s.n;
+  p.n_out = s.gated ? s.n / 2 : s.n;
+  p.x = b.x;
+  p.w = b.w[l];
+  p.norm_weight = s.norm ? b.nw : nullptr;
+  p.residual = s.residual ? b.res : nullptr;
+  p.out = b.out;
+  p.eps = 1e-5f;
+  p.gated = s.gated;
+  return p;
+}
+
+using LaunchFn = xla::ffi::Error (*)(cudaStream_t, const Plan&);
+
+// Median-free: the mean of 20 graph replays after 3 warm-ups, in microseconds per launch.
+template <typename Body>
+float TimeGraph(cudaStream_t st, int launches, Body body) {
+  cudaGraph_t g;
+  cudaGraphExec_t ge;
+  CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+  body();
+  CHECK(cudaStreamEndCapture(st, &g));
+  CHECK(cudaGraphInstantiate(&ge, g, 0));
+  for (int i = 0; i < 3; ++i) CHECK(cudaGraphLaunch(ge, st));
+  cudaEvent_t a, z;
+  CHECK(cudaEventCreate(&a));
+  CHECK(cudaEventCreate(&z));
+  CHECK(cudaEventRecord(a, st));
+  constexpr int kReps = 20;
+  for (int i = 0; i < kReps; ++i) CHECK(cudaGraphLaunch(ge, st));
+  CHECK(cudaEventRecord(z, st));
+  CHECK(cudaEventSynchronize(z));
+  float ms;
+  CHECK(cudaEventElapsedTime(&ms, a, z));
+  CHECK(cudaGraphExecDestroy(ge));
+  CHECK(cudaGraphDestroy(g));
+  return ms * 1e3f / (kReps * launches);
+}
+
+template <bool kNorm, bool kGated, int kR, int kPre, int kW>
+xla::ffi::Error Run(cudaStream_t st, const Plan& p) {
+  return Launch<Bf16Tag, uint16_t, 1, kR, kPre, kNorm, kGated, kW>(st, p);
+}
+
+template <bool kNorm, bool kGated>
+void Sweep(cudaStream_t st, const Shape& s) {
+  struct Cfg {
+    int r, pre, w;
+    LaunchFn fn;
+  };
+  const Cfg cfgs[] = {
+#define C(R, P, W) {R, P, W, Run<kNorm, kGated, R, P, W>}
+      C(2, 1, 8), C(4, 1, 8), C(8, 1, 8), C(2, 2, 8), C(4, 2, 8), C(8, 2, 8), C(4, 4, 8),
+      C(2, 4, 8), C(2, 1, 4), C(4, 1, 4), C(8, 1, 4), C(4, 2, 4), C(2, 4, 4), C(4, 4, 4),
+      C(2, 8, 4), C(4, 1, 16), C(2, 2, 16), C(2, 1, 2), C(4, 2, 2), C(2, 4, 2), C(4, 4, 2),
+#undef C
+  };
+  Buffers b = Make(s);
+  const double bytes = static_cast<double>(s.n) * s.k * 2;
+  for (const Cfg& c : cfgs) {
+    if (kGated && c.r < 2) continue;
+    const float us = TimeGraph(st, kLayers, [&] {
+      for (int l = 0; l < kLayers; ++l) c.fn(st, MakePlan(s, b, l));
+    });
+    std::printf("sweep %-8s kR=%d kPre=%d warps=%2d  %7.2f us  %6.0f GB/s\n", s.name, c.r, c.pre,
+                c.w, us, bytes / us / 1e3);
+  }
+}
+
+int main() {
+  cudaStream_t st;
+  CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  const Shape qkv{"qkv", 3072, 2048, true, false, false};
+  const Shape o{"o", 2048, 2048, false, false, true};
+  const Shape gu{"gate_up", 16384, 2048, true, true, false};
+  const Shape down{"down", 2048, 8192, false, false, true};
+  Sweep<true, false>(st, qkv);
+  Sweep<false, false>(st, o);
+  Sweep<true, true>(st, gu);
+  Sweep<false, false>(st, down);
+  // The 16-layer chain with the shipped configurations (LaunchGemv), as in a decode step.
+  Buffers bq = Make(qkv), bo = Make(o), bg = Make(gu), bd = Make(down);
+  const double bytes = 2.0 * kLayers * (qkv.n * qkv.k + o.n * o.k + gu.n * gu.k + down.n * down.k);
+  const float us = TimeGraph(st, 1, [&] {
+    for (int l = 0; l < kLayers; ++l) {
+      edgellm::gemv::LaunchGemv(st, MakePlan(qkv, bq, l));
+      edgellm::gemv::LaunchGemv(st, MakePlan(o, bo, l));
+      edgellm::gemv::LaunchGemv(st, MakePlan(gu, bg, l));
+      edgellm::gemv::LaunchGemv(st, MakePlan(down, bd, l));
+    }
+  });
+  std::printf("chain 16 layers x 4 GEMVs (shipped configs)  %8.1f us  %6.0f GB/s\n", us,
+              bytes / us / 1e3);
+  return 0;
+}
