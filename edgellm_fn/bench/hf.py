@@ -85,6 +85,12 @@ class _TorchRunner:
     def numpy(self, token) -> np.ndarray:
         return token.detach().cpu().numpy().reshape(-1)
 
+    def loop_seconds(self, ids: np.ndarray, steps: int) -> float | None:
+        return None
+
+    def step_launches(self, token) -> int | None:
+        return None
+
 
 @dataclasses.dataclass
 class HfEagerRunner(_TorchRunner):

@@ -57,7 +57,7 @@ def table(rows: Sequence[dict]) -> str:
     """A fixed-width table of every row (failed rows show their status) and the limits."""
     head = (
         f"{'system':15} {'model':13} {'B':>2} {'ctx':>5} {'prefill ms':>10} {'decode ms':>9} "
-        f"{'tok/s':>9} {'roof ms':>8} {'roof %':>6}  status"
+        f"{'b2b ms':>7} {'while ms':>8} {'tok/s':>9} {'roof ms':>8} {'roof %':>6}  status"
     )
     lines = [head, "-" * len(head)]
     for r in sorted(rows, key=lambda r: (r["model"], r["batch"], r["context"], r["system"])):
@@ -65,12 +65,16 @@ def table(rows: Sequence[dict]) -> str:
         lines.append(
             f"{r['system']:15} {r['model']:13} {r['batch']:2d} {r['context']:5d} "
             f"{_fmt(r.get('prefill_ms'), '10.2f')} {_fmt(r.get('decode_ms'), '9.3f')} "
+            f"{_fmt(r.get('decode_b2b_ms'), '7.3f')} {_fmt(r.get('decode_while_ms'), '8.3f')} "
             f"{_fmt(r.get('tokens_per_s'), '9.1f')} {r['roofline_ms']:8.3f} "
             f"{_fmt(None if frac is None else 100 * frac, '6.1f')}  {r.get('status', '')}"
         )
-    for gpu, bw, rate in sorted({(r["gpu"], r["copy_gbps"], r["matmul_tflops"]) for r in rows}):
+    limits = {
+        (r["gpu"], r["copy_gbps"], r.get("copy_method", "?"), r["matmul_tflops"]) for r in rows
+    }
+    for gpu, bw, method, rate in sorted(limits):
         lines.append(
-            f"limits measured on {gpu}: copy {bw:.1f} GB/s (read+write), bf16 matmul "
+            f"limits measured on {gpu}: copy {bw:.1f} GB/s (read+write; {method}), bf16 matmul "
             f"{rate:.3f} TFLOP/s"
         )
     return "\n".join(lines)

@@ -2,8 +2,12 @@
 
 Per row: a prefill of a ``context``-token prompt into a fresh cache (timed once, after one
 untimed run that compiles), ``warmup`` untimed decode steps, then ``steps`` decode steps each
-timed up to a device synchronization of its token; ``decode_ms`` is their median. The device
-limits are measured in the same run and every row carries them with its rooflines.
+timed up to a device synchronization of its token; ``decode_ms`` is their median. Then, each from
+a fresh prefill: the same ``steps`` issued back to back with one sync at the end
+(``decode_b2b_ms``, per step), and where the system has one, its whole-generation device loop
+(``decode_while_ms``: edgellm_fn's ``decode_while``). ``step_launches`` counts the kernel-
+launching ops of one compiled step. The device limits (copy: a large device-to-device memcpy on
+a GPU) are measured in the same run and every row carries them with its rooflines.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ FIGURES = (
     "decode_ms",
     "decode_ms_p10",
     "decode_ms_p90",
+    "decode_b2b_ms",
+    "decode_while_ms",
+    "step_launches",
     "tokens_per_s",
     "roofline_fraction",
     "prefill_roofline_fraction",
@@ -145,9 +152,22 @@ def measure(
         token = runner.step(token)
         runner.sync(token)
         times.append(time.perf_counter() - t0)
+    launches = runner.step_launches(token)
+    # Back to back: the same steps from a fresh prefill, one sync at the end.
+    token = runner.start(ids)
+    runner.sync(token)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        token = runner.step(token)
+    runner.sync(token)
+    b2b_s = (time.perf_counter() - t0) / steps
+    loop_s = runner.loop_seconds(ids, steps)
     b, s = ids.shape
     decode_ms = statistics.median(times) * 1e3
     return {
+        "decode_b2b_ms": b2b_s * 1e3,
+        "decode_while_ms": None if loop_s is None else loop_s / steps * 1e3,
+        "step_launches": launches,
         "prefill_ms": prefill_s * 1e3,
         "prefill_tokens_per_s": b * s / prefill_s,
         "decode_ms": decode_ms,

@@ -10,6 +10,8 @@ norm, lm_head and the argmax.
 from __future__ import annotations
 
 import dataclasses
+import re
+import time
 from typing import Any, Protocol
 
 import jax
@@ -17,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..engine.protocol import Engine
-from ..runtime import steps
+from ..runtime import loops, steps
+from ..runtime.sampling import SamplingConfig, make_sampling_params
 from ..state.resources import RuntimeState, create_state
 from . import naive_jax
 
@@ -39,6 +42,13 @@ class Runner(Protocol):
     def numpy(self, token: Any) -> np.ndarray:
         """``[B]`` int host copy of ``token``."""
 
+    def loop_seconds(self, ids: np.ndarray, steps: int) -> float | None:
+        """Seconds of a whole-generation device loop over ``steps`` greedy tokens after a
+        prefill of ``ids`` (compile excluded); None for a system without one."""
+
+    def step_launches(self, token: Any) -> int | None:
+        """Device operations one decode step launches; None where not counted."""
+
 
 class JaxRunner:
     """``sync``/``numpy`` shared by the JAX systems."""
@@ -48,6 +58,12 @@ class JaxRunner:
 
     def numpy(self, token: jax.Array) -> np.ndarray:
         return np.asarray(token).reshape(-1)
+
+    def loop_seconds(self, ids: np.ndarray, steps: int) -> float | None:
+        return None
+
+    def step_launches(self, token: jax.Array) -> int | None:
+        return None
 
 
 def _greedy_decode_step(
@@ -84,6 +100,33 @@ class XlaRunner(JaxRunner):
     def step(self, token: jax.Array) -> jax.Array:
         self.state, token = _greedy_decode_jit(self.engine, self.state, token)
         return token
+
+    def loop_seconds(self, ids: np.ndarray, steps: int) -> float:
+        """``decode_while`` (the library's device loop) over ``steps`` greedy tokens; the second
+        of two runs, so the compile is excluded."""
+        b = ids.shape[0]
+        config, params = make_sampling_params(
+            b, vocab_size=self.engine.config.model.vocab_size, top_k=1,
+            config=SamplingConfig(max_top_k=1),
+        )  # fmt: skip
+        limits = loops.token_limits(self.engine, np.full(b, ids.shape[1]), steps)
+        for _ in range(2):
+            self.start(ids)
+            jax.block_until_ready(self.state)
+            t0 = time.perf_counter()
+            self.state, res = loops.decode_while(
+                self.engine, self.state, config, params, jax.random.PRNGKey(0), limits,
+                eos_ids=(), max_new_tokens=steps,
+            )  # fmt: skip
+            jax.block_until_ready(res.tokens)
+            seconds = time.perf_counter() - t0
+        return seconds
+
+    def step_launches(self, token: jax.Array) -> int:
+        """Fusions and custom calls in the compiled per-token step (XLA's kernel-launching ops;
+        an FFI custom call counts once even where it launches two kernels)."""
+        hlo = _greedy_decode_jit.lower(self.engine, self.state, token).compile().as_text()
+        return len(re.findall(r"\b(?:fusion|custom-call)\(", hlo))
 
 
 @dataclasses.dataclass

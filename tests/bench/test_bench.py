@@ -73,6 +73,11 @@ def test_rows_have_every_field_and_sane_values(rows):
             r["prefill_flops"] / (r["matmul_tflops"] * 1e12) * 1e3
         )
         assert r["gpu"].startswith("cpu: ") and len(r["date"]) == 10
+        assert r["copy_method"] == "jitted jnp.copy" and r["decode_b2b_ms"] > 0
+        ours = r["system"] == "edgellm_fn/xla"
+        assert (r["decode_while_ms"] is not None) == ours == (r["step_launches"] is not None)
+        if ours:
+            assert 0 < r["decode_while_ms"] < 10_000 and r["step_launches"] > 10
     json.dumps(rows)  # serializable as written
 
 
@@ -225,12 +230,20 @@ class CountingRunner:
     def numpy(self, token):
         return np.array([token])
 
+    def loop_seconds(self, ids, steps):
+        return None
+
+    def step_launches(self, token):
+        return None
+
 
 def test_measure_times_every_step_after_warmup_and_syncs_each():
     r = CountingRunner()
     out = measure(r, np.zeros((2, 5), np.int32), steps=7, warmup=3)
     assert r.calls[:4] == ["start", "sync", "start", "sync"]
-    assert r.calls[4:] == ["step", "sync"] * 10
+    assert r.calls[4:24] == ["step", "sync"] * 10
+    assert r.calls[24:] == ["start", "sync"] + ["step"] * 7 + ["sync"]  # back to back
+    assert out["decode_b2b_ms"] > 0 and out["decode_while_ms"] is None
     assert out["prefill_tokens_per_s"] == pytest.approx(10 / (out["prefill_ms"] / 1e3))
     assert out["tokens_per_s"] == pytest.approx(2e3 / out["decode_ms"])
 
