@@ -46,7 +46,11 @@ LIMITS = {
     "max_batch_size": 1 << 16,
     "max_input_len": 1 << 24,
     "max_kv_cache_capacity": 1 << 24,
+    "max_lora_rank": 1 << 12,
+    "max_loras": 1 << 10,
 }
+#: ``builder_config`` fields that may be absent (0); written only when set.
+OPTIONAL_DEPLOYMENT = ("max_lora_rank", "max_loras")
 #: Largest JSON file read whole (config.json, index, request files): 64 MiB.
 MAX_JSON_BYTES = 64 << 20
 #: Default share of the available device memory the KV cache and state may take.
@@ -157,13 +161,35 @@ class DeploymentConfig:
       max_batch_size: most rows of one step.
       max_input_len: longest prompt (tokens) of one prefill.
       max_kv_cache_capacity: KV slots per row; ``max_input_len <= max_kv_cache_capacity``.
+      max_lora_rank: largest LoRA rank the adapter bank holds (upstream's
+        ``maxSupportedLoraRank``); 0: the engine has no LoRA bindings.
+      max_loras: adapter slots of the bank besides slot 0 (no adapter); 0 without LoRA.
     """
 
     max_batch_size: int
     max_input_len: int
     max_kv_cache_capacity: int
+    max_lora_rank: int = 0
+    max_loras: int = 0
 
     def __post_init__(self) -> None:
+        for name in OPTIONAL_DEPLOYMENT:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(
+                    f"builder_config: {name}={show(value)} (expected an integer >= 0)"
+                )
+            if value > LIMITS[name]:
+                raise ConfigError(
+                    f"builder_config: {name}={value} (expected <= {LIMITS[name]}, the sanity "
+                    f"bound config.LIMITS[{name!r}])"
+                )
+        if (self.max_lora_rank == 0) != (self.max_loras == 0):
+            raise ConfigError(
+                f"builder_config: max_lora_rank={self.max_lora_rank} with max_loras="
+                f"{self.max_loras} (expected both 0, no LoRA, or both >= 1); set both to serve "
+                "LoRA adapters"
+            )
         for name in ("max_batch_size", "max_input_len", "max_kv_cache_capacity"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -190,10 +216,10 @@ class DeploymentConfig:
                 raise ConfigError(
                     f"{where}: unknown field {show(key)} (expected one of {sorted(known)})"
                 )
-        missing = [k for k in sorted(known) if k not in raw]
+        missing = [k for k in sorted(known - set(OPTIONAL_DEPLOYMENT)) if k not in raw]
         if missing:
             raise ConfigError(f"{where}: missing required field {missing[0]!r}")
-        return cls(**{k: raw[k] for k in known})
+        return cls(**{k: raw[k] for k in known if k in raw})
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -294,6 +320,8 @@ class EngineConfig:
         dtype: str | None = None,
         kv_dtype: str | None = None,
         max_state_bytes: int | None = None,
+        max_lora_rank: int = 0,
+        max_loras: int = 0,
     ) -> EngineConfig:
         """Builds an engine config; dtypes default to the checkpoint's.
 
@@ -303,6 +331,7 @@ class EngineConfig:
           dtype, kv_dtype: activation and KV cache dtypes.
           max_state_bytes: most bytes the state (``state_bytes()``) may take; default
             ``MEMORY_FRACTION`` of the memory available on the default device.
+          max_lora_rank, max_loras: the LoRA adapter bank (``models/lora.py``); 0: none.
 
         Raises:
           ConfigError: a limit is out of range, or the state would exceed ``max_state_bytes``.
@@ -314,6 +343,8 @@ class EngineConfig:
                 max_batch_size=max_batch_size,
                 max_input_len=max_input_len,
                 max_kv_cache_capacity=kv_capacity,
+                max_lora_rank=max_lora_rank,
+                max_loras=max_loras,
             ),
             dtype=dtype,
             kv_dtype=normalize_dtype(kv_dtype or dtype, "kv_cache_dtype"),
@@ -351,7 +382,11 @@ class EngineConfig:
     def to_dict(self) -> dict[str, Any]:
         """The ``builder_config``/dtype fields an engine directory adds to the model config."""
         return {
-            "builder_config": dataclasses.asdict(self.deployment),
+            "builder_config": {
+                k: v
+                for k, v in dataclasses.asdict(self.deployment).items()
+                if v or k not in OPTIONAL_DEPLOYMENT
+            },
             "dtype": self.dtype,
             "kv_cache_dtype": self.kv_dtype,
         }

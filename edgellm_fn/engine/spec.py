@@ -15,6 +15,7 @@ import numpy as np
 from ..config import EngineConfig
 from ..dims import ZERO_ALLOWED, InferenceDims
 from ..errors import EngineError
+from ..models.lora import INDEX_BINDING, bank_shapes
 
 Dim = int | tuple[str, ...]  # a fixed size, or the product of InferenceDims fields
 
@@ -209,6 +210,7 @@ def build_llm_spec(cfg: EngineConfig, max_decode_len: int = 1) -> EngineSpec:
     for i in range(m.num_hidden_layers):
         for kind in ("key", "value"):
             bindings.append(TensorSpec(f"past_{kind}_{i}", "in", cfg.kv_dtype, kv_shape))
+    bindings += _lora_bindings(cfg)
     bindings.append(TensorSpec("logits", "out", "float32", (("batch", "select_len"), m.vocab_size)))
     for i in range(m.num_hidden_layers):
         for kind in ("key", "value"):
@@ -232,3 +234,13 @@ def build_llm_spec(cfg: EngineConfig, max_decode_len: int = 1) -> EngineSpec:
         aliases=tuple(aliases),
         static_dims=(("kv_len", cfg.kv_capacity), ("rope_batch", 1)),
     )
+
+
+def _lora_bindings(cfg: EngineConfig) -> list[TensorSpec]:
+    """The adapter bank inputs (``models/lora.py``): the per-row slot and, per layer and target,
+    ``lora_A [slots, R, in]`` and ``lora_B [slots, out, R]``; none without LoRA."""
+    shapes = bank_shapes(cfg)
+    if not shapes:
+        return []
+    out = [TensorSpec(INDEX_BINDING, "in", "int32", (("batch",),))]
+    return out + [TensorSpec(n, "in", cfg.dtype, s) for n, s in shapes.items()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 
+from ..models.lora import INDEX_BINDING
 from ..state.io import PipelineIO
 from ..state.resources import SharedResources
 
@@ -36,4 +37,7 @@ def build_tensor_map(
     for i, (k, v) in enumerate(zip(res.kv.k, res.kv.v, strict=True)):
         tensors[f"past_key_{i}"] = k
         tensors[f"past_value_{i}"] = v
+    if res.lora is not None:
+        tensors[INDEX_BINDING] = res.lora.index
+        tensors.update(res.lora.weights)
     return tensors

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from ..config import EngineConfig
 from ..dims import InferenceDims
 from ..errors import EngineError
-from ..models import fused, llama
+from ..models import fused, llama, lora
 from .protocol import Prepared, prepare_checked
 from .spec import EngineSpec, build_llm_spec
 
@@ -115,8 +115,9 @@ class XlaEngine:
             picked = hidden[:, None]  # decode selects its only token
         else:
             flash = use_kernels and jax.default_backend() == "gpu" and fresh and _flash_ok(m)
+            adapters = lora.gather_rows(t, n)
             hidden, ks, vs = llama.run_layers(
-                m, self.params, x, cos_sin, positions, write_pos, context, ks, vs, flash
+                m, self.params, x, cos_sin, positions, write_pos, context, ks, vs, flash, adapters
             )
             picked = jnp.take_along_axis(hidden, select[:, :, None], axis=1)  # [B, sel, H]
         if use_kernels and picked.shape[0] * picked.shape[1] <= fused.MAX_ROWS:

@@ -14,6 +14,7 @@ from ..runtime.sampling import SamplingConfig
 from . import host
 from .io import PipelineIO
 from .kv import KVCache
+from .lora import LoraState
 from .rope import rope_table
 
 
@@ -25,13 +26,18 @@ class SharedResources:
     Attributes:
       kv: the base engine's KV cache.
       rope: ``[ropeB, KVcap, rot]`` float32 cos/sin table.
+      lora: the LoRA adapter bank and per-row slots (upstream's ``loraManager``); None for an
+        engine without LoRA bindings.
     """
 
     kv: KVCache
     rope: jax.Array  # [ropeB, KVcap, rot] f32
+    lora: LoraState | None = None
 
     @classmethod
-    def create_for_llm(cls, cfg: EngineConfig, batch: int) -> SharedResources:
+    def create_for_llm(
+        cls, cfg: EngineConfig, batch: int, lora: LoraState | None = None
+    ) -> SharedResources:
         m = cfg.model
         kv = KVCache.create(
             batch,
@@ -41,7 +47,9 @@ class SharedResources:
             m.head_dim,
             dtype(cfg.kv_dtype).jnp,
         )
-        return cls(kv=kv, rope=rope_table(m.rope, cfg.kv_capacity))
+        if lora is None and cfg.deployment.max_lora_rank:
+            lora = LoraState.create(cfg, batch)
+        return cls(kv=kv, rope=rope_table(m.rope, cfg.kv_capacity), lora=lora)
 
 
 @jax.tree_util.register_dataclass
@@ -70,6 +78,8 @@ def create_state(
     cfg: EngineConfig,
     batch: int,
     sampling: SamplingConfig = SamplingConfig(),  # noqa: B008 (frozen, hashable)
+    *,
+    lora: LoraState | None = None,
 ) -> RuntimeState:
     """Allocates a ``RuntimeState`` for ``batch`` rows (each leaf a separate buffer).
 
@@ -78,6 +88,8 @@ def create_state(
       batch: rows, ``1..max_batch_size``.
       sampling: the sampling limits the decode loops will use (sizes the bias buffers; a loop
         given other limits reallocates them once).
+      lora: the adapter bank and row slots (``runtime.lora.LoraBank.state``); default: an
+        all-zero bank when the engine has LoRA bindings.
 
     Raises:
       InputError: ``batch`` is outside ``1..max_batch_size``.
@@ -91,7 +103,7 @@ def create_state(
         io=PipelineIO.create(
             batch, cfg.model.vocab_size, cfg.model.hidden_size, dtype(cfg.dtype).jnp, sampling
         ),
-        res=SharedResources.create_for_llm(cfg, batch),
+        res=SharedResources.create_for_llm(cfg, batch, lora),
     )
     host.remember(state.kv.lengths, np.zeros(batch, np.int64))
     return state
