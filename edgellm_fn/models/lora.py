@@ -40,6 +40,7 @@ _BLOCK = {t: "self_attn" if t[0] in "qkvo" else "mlp" for t in TARGETS}
 _KEY = re.compile(
     r"base_model\.model\.model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_([AB])\.weight"
 )
+_SUFFIX = re.compile(r"\.(lora_\w+|base_layer)(\.weight|\.bias)?$")
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 INDEX_BINDING = "lora_index"
@@ -178,7 +179,7 @@ def read_peft_adapter(
     for key, arr in tensors.items():
         match = _KEY.fullmatch(key)
         if match is None or match[3] not in TARGETS or _BLOCK[match[3]] != match[2]:
-            module = match[3] if match else key
+            module = _SUFFIX.sub("", key.removeprefix("base_model.model."))
             raise AdapterError(
                 f"{where}: tensor {show(key)} (expected base_model.model.model.layers.N."
                 f"{{self_attn,mlp}}.{{{','.join(TARGETS)}}}.lora_{{A,B}}.weight); unknown target "

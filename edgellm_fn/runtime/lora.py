@@ -25,6 +25,7 @@ from ..errors import AdapterError, InputError, show
 from ..models.lora import CONFIG_FILE, Adapter, build_bank, read_peft_adapter
 from ..state.lora import LoraState
 from ..state.resources import RuntimeState
+from .steps import check_live
 
 
 class LoraBank:
@@ -52,14 +53,22 @@ class LoraBank:
         """Every adapter name (upstream's ``getAvailableLoraWeights``)."""
         return list(self._slots)
 
-    def slot(self, name: str | None, where: str = "lora") -> int:
-        """The bank slot of adapter ``name`` (0 for None or ``""``: no adapter).
+    def slot(self, name: str | int | None, where: str = "lora") -> int:
+        """The bank slot of adapter ``name`` (0 for None or ``""``: no adapter); an int is taken
+        as a slot index itself.
 
         Raises:
-          InputError: an unknown name.
+          InputError: an unknown name or a slot index out of range.
         """
         if name is None or name == "":
             return 0
+        if isinstance(name, int) and not isinstance(name, bool):
+            if not 0 <= name <= len(self._slots):
+                raise InputError(
+                    f"{where}: lora index={name} (expected 0..{len(self._slots)}: 0 for no "
+                    f"adapter, i for adapter {self.available()}[i - 1])"
+                )
+            return name
         if name not in self._slots:
             raise InputError(
                 f"{where}: lora_name={show(name)} (expected one of {self.available()} or null); "
@@ -67,7 +76,7 @@ class LoraBank:
             )
         return self._slots[name]
 
-    def indices(self, names: Sequence[str | None], batch: int, where: str) -> np.ndarray:
+    def indices(self, names: Sequence[str | int | None], batch: int, where: str) -> np.ndarray:
         """``[batch]`` int32 slots of ``names`` (one per row)."""
         if isinstance(names, str) or len(names) != batch:
             raise InputError(
@@ -76,19 +85,20 @@ class LoraBank:
             )
         return np.array([self.slot(n, where) for n in names], np.int32)
 
-    def state(self, names: Sequence[str | None]) -> LoraState:
+    def state(self, names: Sequence[str | int | None]) -> LoraState:
         """A fresh device bank (its own copy) with each row set to ``names[row]``."""
         return LoraState.create(
             self.config, len(names), self.weights, self.indices(names, len(names), "lora")
         )
 
-    def switch(self, state: RuntimeState, names: Sequence[str | None]) -> RuntimeState:
+    def switch(self, state: RuntimeState, names: Sequence[str | int | None]) -> RuntimeState:
         """Sets each row's adapter (upstream's ``switchLoraWeights``); no step, no recompile.
 
         Raises:
           InputError: a state without a LoRA bank, a wrong count or an unknown name; nothing
             is donated.
         """
+        check_live(state, "switch_lora")
         lora = _lora_of(state, "switch_lora")
         index = self.indices(names, state.batch, "switch_lora")
         new = dataclasses.replace(lora, index=jnp.asarray(index))

@@ -36,6 +36,8 @@ def build_engine(
     dtype: str | None = None,
     builder: str | None = None,
     progress: Progress | None = None,
+    max_lora_rank: int = 0,
+    max_loras: int = 0,
 ) -> Path:
     """Builds an engine directory from a Hugging Face checkpoint directory.
 
@@ -49,6 +51,7 @@ def build_engine(
       builder: for ``tensorrt``, which library builds the engine (``TENSORRT_BUILDERS``);
         default NVIDIA TensorRT, or TensorRT-RTX for the ``tensorrt-rtx`` alias.
       progress: called with ``(stage, fraction)`` as the build advances.
+      max_lora_rank, max_loras: the LoRA adapter bank the engine takes as inputs (0: none).
 
     Returns:
       ``out_dir``.
@@ -84,6 +87,8 @@ def build_engine(
         max_input_len=max_input_len,
         kv_capacity=kv_capacity,
         dtype=dtype,
+        max_lora_rank=max_lora_rank,
+        max_loras=max_loras,
     )
     if provider == "onnxruntime" and cfg.dtype == "bfloat16":
         raise ConfigError(

@@ -9,6 +9,9 @@ The graph implements the engine contract (``engine/spec.py``) with the same nume
     q ─ RotaryEmbedding ─────────────── Attention(q, present_k, present_v, mask) ─► y
 
     mask[b, 0, s, c] = c < context_lengths[b]  and  c <= start[b] + s  (and c > pos - window)
+
+With a LoRA bank (``max_lora_rank >= 1``) each projection adds its row's adapter delta, gathered
+from the ``lora_A/B_*`` inputs at ``lora_index`` (``models/lora.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ...config import EngineConfig
 from ...dtypes import dtype as lookup_dtype
 from ..llama import Params
+from ..lora import INDEX_BINDING, binding_name
 
 OPSET = 24
 
@@ -143,7 +147,7 @@ def _layer(
         return g.weight(value.T if value.ndim == 2 else value, p + key, dt)
 
     h = _rms(g, x, w("attn_norm"), m.rms_norm_eps)
-    qkv = _linear(g, h, w("wqkv"), w("bqkv"))
+    qkv = _lora(g, cfg, i, h, _linear(g, h, w("wqkv"), w("bqkv")), "q_proj", "k_proj", "v_proj")
     q, k, v = g.op("Split", [qkv, g.i64(m.q_size, m.kv_size, m.kv_size)], outputs=3, axis=-1)
     q = _heads(g, q, m.num_attention_heads, m.head_dim)
     k = _heads(g, k, m.num_key_value_heads, m.head_dim)
@@ -171,19 +175,32 @@ def _layer(
     # No softmax_precision: TensorRT rejects it (its attention layer picks its own precision).
     y = g.op("Attention", [q, caches[0], caches[1], mask])
     y = g.op("Reshape", [g.op("Transpose", [y], perm=[0, 2, 1, 3]), g.i64(0, 0, m.q_size)])
-    x = g.op("Add", [x, _linear(g, y, w("wo"), w("bo"))])
+    x = g.op("Add", [x, _lora(g, cfg, i, y, _linear(g, y, w("wo"), w("bo")), "o_proj")])
     h = _rms(g, x, w("mlp_norm"), m.rms_norm_eps)
+    gate_up = _lora(
+        g, cfg, i, h, _linear(g, h, w("w_gate_up"), w("b_gate_up")), "gate_proj", "up_proj"
+    )
     gate, up = g.op(
-        "Split",
-        [
-            _linear(g, h, w("w_gate_up"), w("b_gate_up")),
-            g.i64(m.intermediate_size, m.intermediate_size),
-        ],
-        outputs=2,
-        axis=-1,
+        "Split", [gate_up, g.i64(m.intermediate_size, m.intermediate_size)], outputs=2, axis=-1
     )
     act = g.op("Mul", [_activation(g, gate, m.hidden_act), up])
-    return g.op("Add", [x, _linear(g, act, w("w_down"), w("b_down"))])
+    down = _lora(g, cfg, i, act, _linear(g, act, w("w_down"), w("b_down")), "down_proj")
+    return g.op("Add", [x, down])
+
+
+def _lora(g: GraphBuilder, cfg: EngineConfig, i: int, x: str, y: str, *targets: str) -> str:
+    """``y`` plus each row's adapter delta of ``targets`` (concatenated), from the bank inputs
+    ``lora_A/B_<target>_<i>`` gathered at ``lora_index``; ``y`` itself without LoRA."""
+    if not cfg.deployment.max_lora_rank:
+        return y
+    parts = []
+    for t in targets:
+        a = g.op("Gather", [binding_name("A", t, i), INDEX_BINDING], axis=0)  # [B, R, in]
+        b = g.op("Gather", [binding_name("B", t, i), INDEX_BINDING], axis=0)  # [B, out, R]
+        xa = g.op("MatMul", [x, g.op("Transpose", [a], perm=[0, 2, 1])])  # [B, S, R]
+        parts.append(g.op("MatMul", [xa, g.op("Transpose", [b], perm=[0, 2, 1])]))
+    d = parts[0] if len(parts) == 1 else g.op("Concat", parts, axis=-1)
+    return g.op("Add", [y, d])
 
 
 def decoder_graph(g: GraphBuilder, cfg: EngineConfig, params: Params) -> None:
