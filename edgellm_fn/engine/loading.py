@@ -27,6 +27,8 @@ def load_engine(
     kv_capacity: int = 512,
     dtype: str | None = None,
     kernels: str | None = None,
+    max_lora_rank: int = 0,
+    max_loras: int = 0,
 ) -> Engine:
     """Loads an engine.
 
@@ -38,6 +40,8 @@ def load_engine(
       max_batch_size, max_input_len, kv_capacity, dtype: limits of an xla engine.
       kernels: the xla engine's kernel mode, ``"auto"`` (default), ``"on"`` or ``"off"``
         (``engine/xla.py``; ``EDGELLM_FN_KERNELS`` sets the default).
+      max_lora_rank, max_loras: an xla engine's LoRA bank (``runtime.lora.lora_limits`` gives
+        them for a set of adapters); an engine directory's are fixed when it is built.
 
     Raises:
       ConfigError: unknown provider, or a provider that does not fit the directory.
@@ -60,6 +64,8 @@ def load_engine(
         max_input_len=max_input_len,
         kv_capacity=kv_capacity,
         dtype=dtype,
+        max_lora_rank=max_lora_rank,
+        max_loras=max_loras,
     )
     return XlaEngine(ecfg, params, kernels)
 
