@@ -92,12 +92,17 @@ def create_state(
         all-zero bank when the engine has LoRA bindings.
 
     Raises:
-      InputError: ``batch`` is outside ``1..max_batch_size``.
+      InputError: ``batch`` is outside ``1..max_batch_size``, or ``lora`` has another batch.
     """
     if not isinstance(batch, int) or not 1 <= batch <= cfg.max_batch_size:
         raise InputError(
             f"create_state: batch={batch!r} (expected 1..max_batch_size={cfg.max_batch_size}); "
             "build the engine with a larger max_batch_size or split the requests"
+        )
+    if lora is not None and tuple(lora.index.shape) != (batch,):
+        raise InputError(
+            f"create_state: lora.index has shape {list(lora.index.shape)} (expected [{batch}], "
+            "one adapter slot per row); pass bank.state(names) with one name per row"
         )
     state = RuntimeState(
         io=PipelineIO.create(

@@ -127,3 +127,9 @@ def test_unknown_lora_name_and_bad_index_raise_before_donation(setups):
     foreign = dataclasses.replace(state, res=dataclasses.replace(state.res, lora=lora))
     with pytest.raises(ef.InputError, match=r"active_lora: row 1 slot=7 \(expected 0\.\.2\); the state's bank is not this bank"):
         bank.active(foreign)
+
+
+def test_a_bank_state_of_another_batch_is_refused(setups):
+    bank = setups["llama"]["bank"]
+    with pytest.raises(ef.InputError, match=r"create_state: lora.index has shape \[2\] \(expected \[3\], one adapter slot per row\)"):
+        ef.create_state(bank.config, 3, lora=bank.state(["a", None]))
