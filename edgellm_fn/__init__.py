@@ -18,6 +18,7 @@ from .errors import ConfigError as ConfigError
 from .errors import EngineError as EngineError
 from .errors import InputError as InputError
 from .models.loader import load_checkpoint as load_checkpoint
+from .models.vocab import load_vocab_map as load_vocab_map
 from .runtime.generate import Completion as Completion
 from .runtime.generate import generate as generate
 from .runtime.loops import decode_python as decode_python
@@ -74,6 +75,7 @@ __all__ = [
     "load_checkpoint",
     "load_engine",
     "load_lora_bank",
+    "load_vocab_map",
     "make_sampling_params",
     "pad_prompts",
     "prefill",

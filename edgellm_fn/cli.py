@@ -18,6 +18,9 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-capacity", type=int, default=512, help="xla: KV slots per row")
     p.add_argument("--dtype", choices=FLOAT_DTYPES, default=None)
     p.add_argument("--provider", choices=CHOICES, default=None, help=PROVIDER_HELP)
+    p.add_argument(
+        "--vocab-map", default=None, help="xla: a reduced vocabulary (`reduce-vocab --out` DIR)"
+    )
 
 
 def _engine(args, lora_limits: tuple[int, int] = (0, 0)):
@@ -32,6 +35,7 @@ def _engine(args, lora_limits: tuple[int, int] = (0, 0)):
         dtype=args.dtype,
         max_lora_rank=lora_limits[0],
         max_loras=lora_limits[1],
+        vocab_map=args.vocab_map,
     )
 
 
@@ -172,8 +176,17 @@ def cmd_build(args) -> int:
             progress=lambda stage, frac: bar.update(task, completed=frac, description=stage),
             max_lora_rank=args.max_lora_rank,
             max_loras=args.max_loras,
+            vocab_map=args.vocab_map,
         )
     print(f"engine directory: {out}")
+    return 0
+
+
+def cmd_reduce_vocab(args) -> int:
+    from .text.reduce_vocab import reduce_vocab
+
+    path = reduce_vocab(args.model, args.input_file, args.size, args.out)
+    print(f"vocab map: {path}")
     return 0
 
 
@@ -239,7 +252,17 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--dtype", choices=FLOAT_DTYPES, default=None)
     bl.add_argument("--max-lora-rank", type=int, default=0, help="LoRA bank rank (0: no LoRA)")
     bl.add_argument("--max-loras", type=int, default=0, help="LoRA adapter slots")
+    bl.add_argument("--vocab-map", default=None, help="a reduced vocabulary (`reduce-vocab` DIR)")
     bl.set_defaults(fn=cmd_build)
+
+    rv = sub.add_parser(
+        "reduce-vocab", help="choose a reduced vocabulary from the tokens of a request file"
+    )
+    rv.add_argument("--model", required=True, help="checkpoint directory")
+    rv.add_argument("--input-file", required=True, help="Edge-LLM request JSON")
+    rv.add_argument("--size", type=int, required=True, help="ids to keep")
+    rv.add_argument("--out", required=True, help="directory for vocab_map.safetensors")
+    rv.set_defaults(fn=cmd_reduce_vocab)
 
     d = sub.add_parser("demo", help="generate with the embedded demo model")
     d.add_argument("--model", default=None, help="another checkpoint instead of the demo model")

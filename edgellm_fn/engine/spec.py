@@ -211,7 +211,8 @@ def build_llm_spec(cfg: EngineConfig, max_decode_len: int = 1) -> EngineSpec:
         for kind in ("key", "value"):
             bindings.append(TensorSpec(f"past_{kind}_{i}", "in", cfg.kv_dtype, kv_shape))
     bindings += _lora_bindings(cfg)
-    bindings.append(TensorSpec("logits", "out", "float32", (("batch", "select_len"), m.vocab_size)))
+    vocab = cfg.output_vocab_size  # reduced_vocab_size when set (models/vocab.py)
+    bindings.append(TensorSpec("logits", "out", "float32", (("batch", "select_len"), vocab)))
     for i in range(m.num_hidden_layers):
         for kind in ("key", "value"):
             bindings.append(TensorSpec(f"present_{kind}_{i}", "out", cfg.kv_dtype, kv_shape))

@@ -21,6 +21,7 @@ from .lora import LoraBank
 from .prompts import bucket_length as bucket_length
 from .prompts import pad_prompts
 from .sampling import REQUEST_LIMITS, SamplingConfig, make_sampling_params
+from .vocab import reduce_logit_bias
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -172,11 +173,11 @@ def _generate_batch(
     cfg = engine.config
     config, params = make_sampling_params(
         b,
-        vocab_size=cfg.model.vocab_size,
+        vocab_size=cfg.output_vocab_size,  # bias ids are logit columns (runtime/vocab.py)
         temperature=temperature,
         top_p=top_p,
         top_k=top_k,
-        logit_bias=logit_bias,
+        logit_bias=reduce_logit_bias(engine.vocab_map, logit_bias, b),
         num_logprobs=num_logprobs,
         config=sampling,
     )

@@ -106,7 +106,7 @@ def create_state(
         )
     state = RuntimeState(
         io=PipelineIO.create(
-            batch, cfg.model.vocab_size, cfg.model.hidden_size, dtype(cfg.dtype).jnp, sampling
+            batch, cfg.output_vocab_size, cfg.model.hidden_size, dtype(cfg.dtype).jnp, sampling
         ),
         res=SharedResources.create_for_llm(cfg, batch, lora),
     )

@@ -104,24 +104,36 @@ def call_executor(spec: EngineSpec, executor: Executor, prepared: Prepared) -> d
 class CallbackEngine:
     """An engine whose steps run an ``Executor`` through ``call_executor``.
 
-    A pytree whose only leaf is the embedding table; the config and the (hashable) executor are
-    static. Subclasses set ``provider`` (a name of ``providers.PROVIDERS``) and register
-    themselves as pytrees.
+    A pytree whose leaves are the embedding table and the vocab map; the config and the
+    (hashable) executor are static. Subclasses set ``provider`` (a name of
+    ``providers.PROVIDERS``) and register themselves as pytrees.
     """
 
     provider: str
 
-    def __init__(self, config: EngineConfig, executor: Executor, embedding: jax.Array):
+    def __init__(
+        self,
+        config: EngineConfig,
+        executor: Executor,
+        embedding: jax.Array,
+        vocab_map: jax.Array | None = None,
+    ):
         self.config = config
         self.executor = executor
         self._embedding = embedding
+        self._vocab_map = vocab_map
 
     def tree_flatten(self):
-        return (self._embedding,), (self.config, self.executor)
+        return (self._embedding, self._vocab_map), (self.config, self.executor)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
-        return cls(aux[0], aux[1], children[0])
+        return cls(aux[0], aux[1], *children)
+
+    @property
+    def vocab_map(self) -> jax.Array | None:
+        """``[Vout]`` int32 full id of each logit column; None for the full vocabulary."""
+        return self._vocab_map
 
     @property
     def embedding(self) -> jax.Array:

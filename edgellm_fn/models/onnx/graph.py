@@ -213,8 +213,9 @@ def decoder_graph(g: GraphBuilder, cfg: EngineConfig, params: Params) -> None:
     idx = g.op("Unsqueeze", [g.op("Cast", ["last_token_ids"], to=TensorProto.INT64), g.i64(-1)])
     picked = g.op("GatherND", [x, idx], batch_dims=1)  # [B, sel, H]
     h = _rms(g, picked, g.weight(params["final_norm"], "final_norm", dt), m.rms_norm_eps)
+    # A reduced vocabulary's params hold the sliced head (models/vocab.py: reduce_params).
     head = np.asarray(params["lm_head"] if "lm_head" in params else params["embed"]).T
     logits = g.op("MatMul", [h, g.weight(head, "lm_head", dt)])
     if dt != "float32":
         logits = g.op("Cast", [logits], to=TensorProto.FLOAT)
-    g.op("Reshape", [logits, g.i64(-1, m.vocab_size)], outputs=["logits"])
+    g.op("Reshape", [logits, g.i64(-1, cfg.output_vocab_size)], outputs=["logits"])
