@@ -22,6 +22,7 @@ from ..config import EngineConfig
 from ..dims import InferenceDims
 from ..errors import EngineError
 from ..models import fused, llama, lora
+from ..models.external import LM_HEAD_INPUT
 from .protocol import Prepared, prepare_checked
 from .spec import EngineSpec, build_llm_spec
 
@@ -64,6 +65,11 @@ class XlaEngine:
         self.kernels = _kernel_mode(kernels)
         self._vocab_map = vocab_map
         check_output_vocab(config, vocab_map, params.get("lm_head"), "xla provider")
+        if config.deployment.external_weights:
+            raise EngineError(
+                "xla provider: external_weights=True (expected False); the xla provider holds "
+                "its params, external weights are for built engines (onnxruntime, tensorrt)"
+            )
 
     def tree_flatten(self):
         return (self.params, self._vocab_map), (self.config, self.kernels)
@@ -142,10 +148,13 @@ class XlaEngine:
                 m, self.params, x, cos_sin, positions, write_pos, context, ks, vs, flash, adapters
             )
             picked = jnp.take_along_axis(hidden, select[:, :, None], axis=1)  # [B, sel, H]
+        params = self.params
+        if LM_HEAD_INPUT in t:  # a declared extra input replaces the built-in head
+            params = {**params, "lm_head": t[LM_HEAD_INPUT]}
         if use_kernels and picked.shape[0] * picked.shape[1] <= fused.MAX_ROWS:
-            logits = fused.head_logits(m, self.params, picked)
+            logits = fused.head_logits(m, params, picked)
         else:
-            logits = llama.lm_logits(m, self.params, picked)
+            logits = llama.lm_logits(m, params, picked)
         out = {"logits": logits.reshape(-1, self.config.output_vocab_size)}
         for i in range(n):
             out[f"present_key_{i}"] = ks[i]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ..config import EngineConfig
@@ -28,16 +31,29 @@ class SharedResources:
       rope: ``[ropeB, KVcap, rot]`` float32 cos/sin table.
       lora: the LoRA adapter bank and per-row slots (upstream's ``loraManager``); None for an
         engine without LoRA bindings.
+      weights: external weights by binding name (upstream's ``externalWeightManager``;
+        ``engine/inputs.py``); None for an engine that holds its weights.
+      extra: declared extra inputs by binding name (``models/external.py``); None without.
     """
 
     kv: KVCache
     rope: jax.Array  # [ropeB, KVcap, rot] f32
     lora: LoraState | None = None
+    weights: dict[str, jax.Array] | None = None  # name -> engine-layout weight
+    extra: dict[str, jax.Array] | None = None  # name -> declared extra input
 
     @classmethod
     def create_for_llm(
-        cls, cfg: EngineConfig, batch: int, lora: LoraState | None = None
+        cls,
+        cfg: EngineConfig,
+        batch: int,
+        lora: LoraState | None = None,
+        weights: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> SharedResources:
+        """Allocates the KV cache and RoPE table and copies ``weights``/``extra`` onto the
+        device (each state its own copy: steps donate the state). Validate them first with
+        ``engine.inputs.check_inputs`` (``create_state`` does)."""
         m = cfg.model
         kv = KVCache.create(
             batch,
@@ -49,7 +65,17 @@ class SharedResources:
         )
         if lora is None and cfg.deployment.max_lora_rank:
             lora = LoraState.create(cfg, batch)
-        return cls(kv=kv, rope=rope_table(m.rope, cfg.kv_capacity), lora=lora)
+
+        def copy(arrays):
+            return None if not arrays else {n: jnp.array(a, copy=True) for n, a in arrays.items()}
+
+        return cls(
+            kv=kv,
+            rope=rope_table(m.rope, cfg.kv_capacity),
+            lora=lora,
+            weights=copy(weights),
+            extra=copy(extra),
+        )
 
 
 @jax.tree_util.register_dataclass
@@ -80,6 +106,8 @@ def create_state(
     sampling: SamplingConfig = SamplingConfig(),  # noqa: B008 (frozen, hashable)
     *,
     lora: LoraState | None = None,
+    weights: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> RuntimeState:
     """Allocates a ``RuntimeState`` for ``batch`` rows (each leaf a separate buffer).
 
@@ -90,9 +118,14 @@ def create_state(
         given other limits reallocates them once).
       lora: the adapter bank and row slots (``runtime.lora.LoraBank.state``); default: an
         all-zero bank when the engine has LoRA bindings.
+      weights: an engine built with ``external_weights``: its weight set
+        (``engine.inputs.load_external_weights``), name -> array.
+      extra: the engine's declared extra inputs (``builder_config.extra_inputs``), name -> array.
 
     Raises:
       InputError: ``batch`` is outside ``1..max_batch_size``, or ``lora`` has another batch.
+      EngineError: ``weights`` or ``extra`` misses a name, has an unknown one, or one of
+        another shape or dtype (checked before anything is allocated).
     """
     if not isinstance(batch, int) or not 1 <= batch <= cfg.max_batch_size:
         raise InputError(
@@ -104,11 +137,17 @@ def create_state(
             f"create_state: lora.index has shape {list(lora.index.shape)} (expected [{batch}], "
             "one adapter slot per row); pass bank.state(names) with one name per row"
         )
+    from ..engine.inputs import check_inputs
+    from ..engine.spec import build_llm_spec
+
+    spec = build_llm_spec(cfg)
+    weights = check_inputs(spec, "weight", weights, "create_state: weights") or None
+    extra = check_inputs(spec, "extra", extra, "create_state: extra") or None
     state = RuntimeState(
         io=PipelineIO.create(
             batch, cfg.output_vocab_size, cfg.model.hidden_size, dtype(cfg.dtype).jnp, sampling
         ),
-        res=SharedResources.create_for_llm(cfg, batch, lora),
+        res=SharedResources.create_for_llm(cfg, batch, lora, weights, extra),
     )
     host.remember(state.kv.lengths, np.zeros(batch, np.int64))
     return state

@@ -40,6 +40,8 @@ def build_engine(
     max_lora_rank: int = 0,
     max_loras: int = 0,
     vocab_map: str | Path | None = None,
+    external_weights: bool = False,
+    extra_inputs: tuple[str, ...] = (),
 ) -> Path:
     """Builds an engine directory from a Hugging Face checkpoint directory.
 
@@ -56,6 +58,10 @@ def build_engine(
       max_lora_rank, max_loras: the LoRA adapter bank the engine takes as inputs (0: none).
       vocab_map: a reduced vocabulary (``models/vocab.py``): the lm_head is sliced to its rows,
         ``logits`` are ``[rows, len(vocab_map)]``, and the map is saved in the engine directory.
+      external_weights: the engine takes its weights as inputs (``models/external.py``): one
+        build serves every weight set of this shape (``engine.inputs.load_external_weights``).
+      extra_inputs: declared extra inputs (``models/external.EXTRA_INPUTS``), e.g.
+        ``("lm_head_weight",)``.
 
     Returns:
       ``out_dir``.
@@ -97,6 +103,8 @@ def build_engine(
         max_lora_rank=max_lora_rank,
         max_loras=max_loras,
         reduced_vocab_size=0 if ids is None else int(ids.size),
+        external_weights=external_weights,
+        extra_inputs=tuple(extra_inputs),
     )
     if provider == "onnxruntime" and cfg.dtype == "bfloat16":
         raise ConfigError(

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental.buffer_callback import Buffer, ExecutionContext, buffer_callback
 
@@ -134,6 +135,21 @@ class CallbackEngine:
     def vocab_map(self) -> jax.Array | None:
         """``[Vout]`` int32 full id of each logit column; None for the full vocabulary."""
         return self._vocab_map
+
+    def with_embedding(self, embedding) -> CallbackEngine:
+        """This engine (same executor, no reload) with another ``[V, H]`` embedding table: the
+        embedding of an external weight set (``engine.inputs.load_external_weights``).
+
+        Raises:
+          EngineError: a table of another shape or dtype.
+        """
+        old = self._embedding
+        if tuple(embedding.shape) != tuple(old.shape) or embedding.dtype != old.dtype:
+            raise EngineError(
+                f"{self.provider} provider: embedding {embedding.dtype} {list(embedding.shape)} "
+                f"(expected {old.dtype} {list(old.shape)}); the weight set has another shape"
+            )
+        return type(self)(self.config, self.executor, jnp.asarray(embedding), self._vocab_map)
 
     @property
     def embedding(self) -> jax.Array:

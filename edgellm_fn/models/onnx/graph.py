@@ -11,7 +11,9 @@ The graph implements the engine contract (``engine/spec.py``) with the same nume
     mask[b, 0, s, c] = c < context_lengths[b]  and  c <= start[b] + s  (and c > pos - window)
 
 With a LoRA bank (``max_lora_rank >= 1``) each projection adds its row's adapter delta, gathered
-from the ``lora_A/B_*`` inputs at ``lora_index`` (``models/lora.py``).
+from the ``lora_A/B_*`` inputs at ``lora_index`` (``models/lora.py``). With external weights the
+weights are graph inputs of the same names (``export.build_model`` drops those initializers),
+and a declared ``lm_head_weight`` extra input replaces the lm_head (``models/external.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ...config import EngineConfig
 from ...dtypes import dtype as lookup_dtype
+from ..external import LM_HEAD_INPUT
 from ..llama import Params
 from ..lora import INDEX_BINDING, binding_name
 
@@ -213,9 +216,13 @@ def decoder_graph(g: GraphBuilder, cfg: EngineConfig, params: Params) -> None:
     idx = g.op("Unsqueeze", [g.op("Cast", ["last_token_ids"], to=TensorProto.INT64), g.i64(-1)])
     picked = g.op("GatherND", [x, idx], batch_dims=1)  # [B, sel, H]
     h = _rms(g, picked, g.weight(params["final_norm"], "final_norm", dt), m.rms_norm_eps)
-    # A reduced vocabulary's params hold the sliced head (models/vocab.py: reduce_params).
-    head = np.asarray(params["lm_head"] if "lm_head" in params else params["embed"]).T
-    logits = g.op("MatMul", [h, g.weight(head, "lm_head", dt)])
+    if LM_HEAD_INPUT in cfg.deployment.extra_inputs:  # bound at run time: [Vout, H]
+        head_name = g.op("Transpose", [LM_HEAD_INPUT], perm=[1, 0])
+    else:
+        # A reduced vocabulary's params hold the sliced head (models/vocab.py: reduce_params).
+        head = np.asarray(params["lm_head"] if "lm_head" in params else params["embed"]).T
+        head_name = g.weight(head, "lm_head", dt)
+    logits = g.op("MatMul", [h, head_name])
     if dt != "float32":
         logits = g.op("Cast", [logits], to=TensorProto.FLOAT)
     g.op("Reshape", [logits, g.i64(-1, cfg.output_vocab_size)], outputs=["logits"])
