@@ -6,6 +6,7 @@ from .config import ModelConfig as ModelConfig
 from .dims import InferenceDims as InferenceDims
 from .dims import decode_dims as decode_dims
 from .dims import prefill_dims as prefill_dims
+from .engine.inputs import load_external_weights as load_external_weights
 from .engine.loading import load_engine as load_engine
 from .engine.protocol import Engine as Engine
 from .engine.spec import EngineSpec as EngineSpec
@@ -74,6 +75,7 @@ __all__ = [
     "generate",
     "load_checkpoint",
     "load_engine",
+    "load_external_weights",
     "load_lora_bank",
     "load_vocab_map",
     "make_sampling_params",
