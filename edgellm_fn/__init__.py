@@ -6,22 +6,27 @@ from .config import ModelConfig as ModelConfig
 from .dims import InferenceDims as InferenceDims
 from .dims import decode_dims as decode_dims
 from .dims import prefill_dims as prefill_dims
+from .engine.inputs import load_external_weights as load_external_weights
 from .engine.loading import load_engine as load_engine
 from .engine.protocol import Engine as Engine
 from .engine.spec import EngineSpec as EngineSpec
 from .engine.spec import build_llm_spec as build_llm_spec
 from .engine.tensor_map import build_tensor_map as build_tensor_map
 from .engine.xla import XlaEngine as XlaEngine
+from .errors import AdapterError as AdapterError
 from .errors import CheckpointError as CheckpointError
 from .errors import ConfigError as ConfigError
 from .errors import EngineError as EngineError
 from .errors import InputError as InputError
 from .models.loader import load_checkpoint as load_checkpoint
+from .models.vocab import load_vocab_map as load_vocab_map
 from .runtime.generate import Completion as Completion
 from .runtime.generate import generate as generate
 from .runtime.loops import decode_python as decode_python
 from .runtime.loops import decode_while as decode_while
 from .runtime.loops import token_limits as token_limits
+from .runtime.lora import LoraBank as LoraBank
+from .runtime.lora import load_lora_bank as load_lora_bank
 from .runtime.prompts import pad_prompts as pad_prompts
 from .runtime.sampling import SamplingConfig as SamplingConfig
 from .runtime.sampling import SamplingParams as SamplingParams
@@ -31,12 +36,14 @@ from .runtime.steps import decode as decode
 from .runtime.steps import embed as embed
 from .runtime.steps import prefill as prefill
 from .state.kv import KVCache as KVCache
+from .state.lora import LoraState as LoraState
 from .state.resources import RuntimeState as RuntimeState
 from .state.resources import SharedResources as SharedResources
 from .state.resources import create_state as create_state
 from .text.tokenizer import Tokenizer as Tokenizer
 
 __all__ = [
+    "AdapterError",
     "CheckpointError",
     "Completion",
     "ConfigError",
@@ -48,6 +55,8 @@ __all__ = [
     "InferenceDims",
     "InputError",
     "KVCache",
+    "LoraBank",
+    "LoraState",
     "ModelConfig",
     "RuntimeState",
     "SamplingConfig",
@@ -66,6 +75,9 @@ __all__ = [
     "generate",
     "load_checkpoint",
     "load_engine",
+    "load_external_weights",
+    "load_lora_bank",
+    "load_vocab_map",
     "make_sampling_params",
     "pad_prompts",
     "prefill",

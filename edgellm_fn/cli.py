@@ -18,9 +18,12 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-capacity", type=int, default=512, help="xla: KV slots per row")
     p.add_argument("--dtype", choices=FLOAT_DTYPES, default=None)
     p.add_argument("--provider", choices=CHOICES, default=None, help=PROVIDER_HELP)
+    p.add_argument(
+        "--vocab-map", default=None, help="xla: a reduced vocabulary (`reduce-vocab --out` DIR)"
+    )
 
 
-def _engine(args):
+def _engine(args, lora_limits: tuple[int, int] = (0, 0)):
     from .engine.loading import load_engine
 
     return load_engine(
@@ -30,7 +33,21 @@ def _engine(args):
         max_input_len=args.max_input_len,
         kv_capacity=args.kv_capacity,
         dtype=args.dtype,
+        max_lora_rank=lora_limits[0],
+        max_loras=lora_limits[1],
+        vocab_map=args.vocab_map,
     )
+
+
+def _lora_paths(args, batch) -> dict[str, str]:
+    """``available_lora_weights`` of the request file plus every ``--lora NAME=DIR``."""
+    paths = dict(batch.available_lora_weights)
+    for item in args.lora or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"generate: --lora {item!r} (expected NAME=DIR)")
+        paths[name] = path
+    return paths
 
 
 def cmd_generate(args) -> int:
@@ -40,6 +57,11 @@ def cmd_generate(args) -> int:
 
     if (args.prompt is None) == (args.input_file is None):
         raise InputError("generate: pass exactly one of --prompt TEXT or --input-file REQ.json")
+    if args.lora_name and args.input_file:
+        raise InputError(
+            "generate: --lora-name with --input-file (expected --prompt); a request file names "
+            "each request's adapter in its lora_name field"
+        )
     if args.input_file:
         batch = load_requests(args.input_file)
     else:
@@ -56,10 +78,15 @@ def cmd_generate(args) -> int:
                     stop=[],
                     logit_bias={},
                     num_logprobs=0,
+                    lora_name=args.lora_name or None,
                 )
             ],
         )
-    engine = _engine(args)
+    from .runtime.lora import load_lora_bank, lora_limits
+
+    paths = _lora_paths(args, batch)
+    engine = _engine(args, lora_limits(paths))
+    bank = load_lora_bank(engine.config, paths) if paths else None
     tokenizer = Tokenizer.from_dir(args.model, vocab_size=engine.config.model.vocab_size)
     prompts = [
         encode_request(tokenizer, r.messages, batch.apply_chat_template) for r in batch.requests
@@ -80,6 +107,8 @@ def cmd_generate(args) -> int:
         batch_size=batch.batch_size,
         loop=args.loop,
         on_text=(lambda i, s: print(s, end="", flush=True, file=sys.stderr)) if streaming else None,
+        lora=bank,
+        lora_names=[r.lora_name for r in batch.requests],
     )
     if streaming:
         print(file=sys.stderr)
@@ -145,8 +174,19 @@ def cmd_build(args) -> int:
             dtype=args.dtype,
             builder=args.builder,
             progress=lambda stage, frac: bar.update(task, completed=frac, description=stage),
+            max_lora_rank=args.max_lora_rank,
+            max_loras=args.max_loras,
+            vocab_map=args.vocab_map,
         )
     print(f"engine directory: {out}")
+    return 0
+
+
+def cmd_reduce_vocab(args) -> int:
+    from .text.reduce_vocab import reduce_vocab
+
+    path = reduce_vocab(args.model, args.input_file, args.size, args.out)
+    print(f"vocab map: {path}")
     return 0
 
 
@@ -173,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-chat", dest="chat", action="store_false", help="skip the chat template")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--loop", choices=["python", "while"], default="python")
+    g.add_argument(
+        "--lora",
+        action="append",
+        metavar="NAME=DIR",
+        help="a PEFT LoRA adapter directory served as NAME (repeatable)",
+    )
+    g.add_argument("--lora-name", help="the --lora adapter the --prompt runs on")
     _add_limits(g)
     g.set_defaults(fn=cmd_generate)
 
@@ -203,7 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--max-input-len", type=int, default=128)
     bl.add_argument("--kv-capacity", type=int, default=256)
     bl.add_argument("--dtype", choices=FLOAT_DTYPES, default=None)
+    bl.add_argument("--max-lora-rank", type=int, default=0, help="LoRA bank rank (0: no LoRA)")
+    bl.add_argument("--max-loras", type=int, default=0, help="LoRA adapter slots")
+    bl.add_argument("--vocab-map", default=None, help="a reduced vocabulary (`reduce-vocab` DIR)")
     bl.set_defaults(fn=cmd_build)
+
+    rv = sub.add_parser(
+        "reduce-vocab", help="choose a reduced vocabulary from the tokens of a request file"
+    )
+    rv.add_argument("--model", required=True, help="checkpoint directory")
+    rv.add_argument("--input-file", required=True, help="Edge-LLM request JSON")
+    rv.add_argument("--size", type=int, required=True, help="ids to keep")
+    rv.add_argument("--out", required=True, help="directory for vocab_map.safetensors")
+    rv.set_defaults(fn=cmd_reduce_vocab)
 
     d = sub.add_parser("demo", help="generate with the embedded demo model")
     d.add_argument("--model", default=None, help="another checkpoint instead of the demo model")

@@ -46,7 +46,14 @@ LIMITS = {
     "max_batch_size": 1 << 16,
     "max_input_len": 1 << 24,
     "max_kv_cache_capacity": 1 << 24,
+    "max_lora_rank": 1 << 12,
+    "max_loras": 1 << 10,
+    "reduced_vocab_size": 1 << 24,
 }
+#: ``builder_config`` integer fields that may be absent (0); written only when set.
+OPTIONAL_DEPLOYMENT = ("max_lora_rank", "max_loras", "reduced_vocab_size")
+#: Optional ``builder_config`` fields that are not integers (absent: False / empty).
+OPTIONAL_FLAGS = ("external_weights", "extra_inputs")
 #: Largest JSON file read whole (config.json, index, request files): 64 MiB.
 MAX_JSON_BYTES = 64 << 20
 #: Default share of the available device memory the KV cache and state may take.
@@ -157,13 +164,57 @@ class DeploymentConfig:
       max_batch_size: most rows of one step.
       max_input_len: longest prompt (tokens) of one prefill.
       max_kv_cache_capacity: KV slots per row; ``max_input_len <= max_kv_cache_capacity``.
+      max_lora_rank: largest LoRA rank the adapter bank holds (upstream's
+        ``maxSupportedLoraRank``); 0: the engine has no LoRA bindings.
+      max_loras: adapter slots of the bank besides slot 0 (no adapter); 0 without LoRA.
+      reduced_vocab_size: logit columns of a reduced vocabulary (upstream's
+        ``reducedVocabSize``; ``models/vocab.py``); 0: the full vocabulary.
+      external_weights: the engine takes its weights as inputs (``engine/weights.py``) instead
+        of holding them, so one built engine serves several weight sets of one shape.
+      extra_inputs: names of declared extra inputs (``engine/extras.py``, the general form of
+        upstream's ``setLMHeadWeights``), bound from ``SharedResources.extra``.
     """
 
     max_batch_size: int
     max_input_len: int
     max_kv_cache_capacity: int
+    max_lora_rank: int = 0
+    max_loras: int = 0
+    reduced_vocab_size: int = 0
+    external_weights: bool = False
+    extra_inputs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        for name in OPTIONAL_DEPLOYMENT:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(
+                    f"builder_config: {name}={show(value)} (expected an integer >= 0)"
+                )
+            if value > LIMITS[name]:
+                raise ConfigError(
+                    f"builder_config: {name}={value} (expected <= {LIMITS[name]}, the sanity "
+                    f"bound config.LIMITS[{name!r}])"
+                )
+        if not isinstance(self.external_weights, bool):
+            raise ConfigError(
+                f"builder_config: external_weights={show(self.external_weights)} (expected a bool)"
+            )
+        extras = self.extra_inputs
+        if not isinstance(extras, tuple) or not all(isinstance(n, str) for n in extras):
+            raise ConfigError(
+                f"builder_config: extra_inputs={show(extras)} (expected a list of input names)"
+            )
+        if len(set(extras)) != len(extras):
+            raise ConfigError(
+                f"builder_config: extra_inputs={list(extras)} (expected each name once)"
+            )
+        if (self.max_lora_rank == 0) != (self.max_loras == 0):
+            raise ConfigError(
+                f"builder_config: max_lora_rank={self.max_lora_rank} with max_loras="
+                f"{self.max_loras} (expected both 0, no LoRA, or both >= 1); set both to serve "
+                "LoRA adapters"
+            )
         for name in ("max_batch_size", "max_input_len", "max_kv_cache_capacity"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -190,10 +241,14 @@ class DeploymentConfig:
                 raise ConfigError(
                     f"{where}: unknown field {show(key)} (expected one of {sorted(known)})"
                 )
-        missing = [k for k in sorted(known) if k not in raw]
+        optional = set(OPTIONAL_DEPLOYMENT) | set(OPTIONAL_FLAGS)
+        missing = [k for k in sorted(known - optional) if k not in raw]
         if missing:
             raise ConfigError(f"{where}: missing required field {missing[0]!r}")
-        return cls(**{k: raw[k] for k in known})
+        values = {k: raw[k] for k in known if k in raw}
+        if isinstance(values.get("extra_inputs"), list):  # JSON has no tuples
+            values["extra_inputs"] = tuple(values["extra_inputs"])
+        return cls(**values)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -217,6 +272,12 @@ class EngineConfig:
             value = getattr(self, name)
             if value not in DTYPES:
                 raise ConfigError(f"EngineConfig: {name}={value!r} (expected one of {DTYPES})")
+        reduced = self.deployment.reduced_vocab_size
+        if reduced > self.model.vocab_size:
+            raise ConfigError(
+                f"EngineConfig: reduced_vocab_size={reduced} (expected <= vocab_size="
+                f"{self.model.vocab_size}); a reduced vocabulary is a subset of the model's"
+            )
 
     @property
     def max_batch_size(self) -> int:
@@ -229,6 +290,12 @@ class EngineConfig:
     @property
     def kv_capacity(self) -> int:
         return self.deployment.max_kv_cache_capacity
+
+    @property
+    def output_vocab_size(self) -> int:
+        """Logit columns: ``reduced_vocab_size`` when set, else ``vocab_size`` (upstream's
+        ``outputVocabSize``)."""
+        return self.deployment.reduced_vocab_size or self.model.vocab_size
 
     def kv_cache_bytes(self, batch: int | None = None) -> int:
         """Bytes of the KV cache for ``batch`` rows (default ``max_batch_size``).
@@ -250,7 +317,7 @@ class EngineConfig:
         b = self.max_batch_size if batch is None else batch
         rope = self.kv_capacity * m.rope.rotary_dim * 4
         embeds = b * self.max_input_len * m.hidden_size * _ITEMSIZE[self.dtype]
-        return self.kv_cache_bytes(b) + rope + embeds + b * m.vocab_size * 4
+        return self.kv_cache_bytes(b) + rope + embeds + b * self.output_vocab_size * 4
 
     def check_memory(self, max_state_bytes: int | None = None) -> None:
         """Refuses limits whose state would not fit ``max_state_bytes``.
@@ -294,6 +361,11 @@ class EngineConfig:
         dtype: str | None = None,
         kv_dtype: str | None = None,
         max_state_bytes: int | None = None,
+        max_lora_rank: int = 0,
+        max_loras: int = 0,
+        reduced_vocab_size: int = 0,
+        external_weights: bool = False,
+        extra_inputs: tuple[str, ...] = (),
     ) -> EngineConfig:
         """Builds an engine config; dtypes default to the checkpoint's.
 
@@ -303,6 +375,8 @@ class EngineConfig:
           dtype, kv_dtype: activation and KV cache dtypes.
           max_state_bytes: most bytes the state (``state_bytes()``) may take; default
             ``MEMORY_FRACTION`` of the memory available on the default device.
+          max_lora_rank, max_loras: the LoRA adapter bank (``models/lora.py``); 0: none.
+          reduced_vocab_size, external_weights, extra_inputs: see ``DeploymentConfig``.
 
         Raises:
           ConfigError: a limit is out of range, or the state would exceed ``max_state_bytes``.
@@ -314,6 +388,11 @@ class EngineConfig:
                 max_batch_size=max_batch_size,
                 max_input_len=max_input_len,
                 max_kv_cache_capacity=kv_capacity,
+                max_lora_rank=max_lora_rank,
+                max_loras=max_loras,
+                reduced_vocab_size=reduced_vocab_size,
+                external_weights=external_weights,
+                extra_inputs=tuple(extra_inputs),
             ),
             dtype=dtype,
             kv_dtype=normalize_dtype(kv_dtype or dtype, "kv_cache_dtype"),
@@ -351,7 +430,11 @@ class EngineConfig:
     def to_dict(self) -> dict[str, Any]:
         """The ``builder_config``/dtype fields an engine directory adds to the model config."""
         return {
-            "builder_config": dataclasses.asdict(self.deployment),
+            "builder_config": {
+                k: v
+                for k, v in dataclasses.asdict(self.deployment).items()
+                if v or k not in (*OPTIONAL_DEPLOYMENT, *OPTIONAL_FLAGS)
+            },
             "dtype": self.dtype,
             "kv_cache_dtype": self.kv_dtype,
         }

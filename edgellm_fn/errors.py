@@ -13,6 +13,10 @@ class CheckpointError(ValueError):
     """A weight file is missing, truncated, or holds a tensor of the wrong shape."""
 
 
+class AdapterError(CheckpointError):
+    """A LoRA adapter does not fit the engine (file, option, target module, rank or shape)."""
+
+
 class InputError(ValueError):
     """A step input (shape, dtype, length, batch, capacity) is invalid; the state is untouched."""
 

@@ -47,8 +47,10 @@ def kv_addresses(state) -> list[int]:
     return [a.unsafe_buffer_pointer() for a in (*state.kv.k, *state.kv.v)]
 
 
-def greedy(engine, prompts: list[list[int]], steps: int) -> dict[str, Any]:
+def greedy(engine, prompts: list[list[int]], steps: int, **state_kwargs) -> dict[str, Any]:
     """Prefill + ``steps`` greedy decode steps through ``ef.prefill``/``ef.decode``.
+
+    ``state_kwargs`` go to ``ef.create_state`` (e.g. ``weights=``, ``extra=``).
 
     Returns:
       ``tokens [B, steps+1]`` (argmax of each step's logits), ``logits [steps+1, B, V]``, the
@@ -56,7 +58,7 @@ def greedy(engine, prompts: list[list[int]], steps: int) -> dict[str, Any]:
       kept its device address).
     """
     ids, lengths = pad(prompts)
-    state = ef.create_state(engine.config, len(prompts))
+    state = ef.create_state(engine.config, len(prompts), **state_kwargs)
     before = kv_addresses(state)
     state = ef.prefill(engine, state, ef.embed(engine, ids), lengths)
     logits = [np.asarray(state.io.logits)]

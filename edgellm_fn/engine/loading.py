@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax.numpy as jnp
+
 from ..config import EngineConfig, read_json
 from ..errors import ConfigError
 from ..models.loader import load_checkpoint
+from ..models.vocab import load_vocab_map, reduce_params
 from .protocol import Engine
 from .providers import resolve_provider
 from .xla import XlaEngine
@@ -27,6 +30,9 @@ def load_engine(
     kv_capacity: int = 512,
     dtype: str | None = None,
     kernels: str | None = None,
+    max_lora_rank: int = 0,
+    max_loras: int = 0,
+    vocab_map: str | Path | None = None,
 ) -> Engine:
     """Loads an engine.
 
@@ -38,6 +44,10 @@ def load_engine(
       max_batch_size, max_input_len, kv_capacity, dtype: limits of an xla engine.
       kernels: the xla engine's kernel mode, ``"auto"`` (default), ``"on"`` or ``"off"``
         (``engine/xla.py``; ``EDGELLM_FN_KERNELS`` sets the default).
+      max_lora_rank, max_loras: an xla engine's LoRA bank (``runtime.lora.lora_limits`` gives
+        them for a set of adapters); an engine directory's are fixed when it is built.
+      vocab_map: a reduced vocabulary for a checkpoint (``models/vocab.py``: the directory
+        ``edgellm-fn reduce-vocab`` wrote, or the file); an engine directory carries its own.
 
     Raises:
       ConfigError: unknown provider, or a provider that does not fit the directory.
@@ -46,6 +56,12 @@ def load_engine(
     if provider is not None:
         provider, _ = resolve_provider(provider, "load_engine")
     if is_engine_dir(path):
+        if vocab_map is not None:
+            raise ConfigError(
+                f"load_engine: vocab_map={str(vocab_map)!r} for the engine directory {path} "
+                "(expected None: an engine's reduced vocabulary is fixed when it is built); pass "
+                "it to `edgellm-fn build --vocab-map` instead"
+            )
         return _load_engine_dir(path, provider)
     if provider not in (None, "xla"):
         raise ConfigError(
@@ -54,14 +70,20 @@ def load_engine(
             f"{provider}`"
         )
     cfg, params = load_checkpoint(path, dtype=dtype)
+    ids = None if vocab_map is None else load_vocab_map(vocab_map, cfg)
+    if ids is not None:
+        params = reduce_params(params, ids)
     ecfg = EngineConfig.create(
         cfg,
         max_batch_size=max_batch_size,
         max_input_len=max_input_len,
         kv_capacity=kv_capacity,
         dtype=dtype,
+        max_lora_rank=max_lora_rank,
+        max_loras=max_loras,
+        reduced_vocab_size=0 if ids is None else int(ids.size),
     )
-    return XlaEngine(ecfg, params, kernels)
+    return XlaEngine(ecfg, params, kernels, None if ids is None else jnp.asarray(ids))
 
 
 def _load_engine_dir(path: Path, provider: str | None) -> Engine:

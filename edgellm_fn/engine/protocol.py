@@ -55,6 +55,12 @@ class Engine(Protocol):
         """``[V, H]`` token embedding table; the lookup runs outside the engine (as upstream)."""
         ...
 
+    @property
+    def vocab_map(self) -> jax.Array | None:
+        """``[Vout]`` int32 full-vocabulary id of each logit column (``models/vocab.py``); None
+        when the logits cover the full vocabulary."""
+        ...
+
     def prepare(
         self, profile: int, dims: InferenceDims, tensor_map: Mapping[str, jax.Array]
     ) -> Prepared:

@@ -15,18 +15,26 @@ import numpy as np
 from ..config import EngineConfig
 from ..dims import ZERO_ALLOWED, InferenceDims
 from ..errors import EngineError
+from ..models.external import extra_shapes, weight_shapes
+from ..models.lora import INDEX_BINDING, bank_shapes
 
 Dim = int | tuple[str, ...]  # a fixed size, or the product of InferenceDims fields
 
 
 @dataclasses.dataclass(frozen=True)
 class TensorSpec:
-    """One binding: ``shape`` entries are ints or tuples of ``InferenceDims`` field names."""
+    """One binding: ``shape`` entries are ints or tuples of ``InferenceDims`` field names.
+
+    ``kind`` says where an input comes from: ``"step"`` (the per-step I/O and the shared state
+    of ``build_tensor_map``), ``"weight"`` (external weights, ``SharedResources.weights``) or
+    ``"extra"`` (declared extra inputs, ``SharedResources.extra``); see ``models/external.py``.
+    """
 
     name: str
     io: str  # "in" | "out"
     dtype: str
     shape: tuple[Dim, ...]
+    kind: str = "step"  # "step" | "weight" | "extra"
 
     def resolve(self, dims: InferenceDims) -> tuple[int, ...]:
         out = []
@@ -91,6 +99,10 @@ class EngineSpec:
 
     def outputs(self) -> tuple[TensorSpec, ...]:
         return tuple(b for b in self.bindings if b.io == "out")
+
+    def of_kind(self, kind: str) -> tuple[TensorSpec, ...]:
+        """The inputs of one ``TensorSpec.kind`` (``"weight"``, ``"extra"``, ``"step"``)."""
+        return tuple(b for b in self.inputs() if b.kind == kind)
 
     def __getitem__(self, name: str) -> TensorSpec:
         for b in self.bindings:
@@ -209,7 +221,16 @@ def build_llm_spec(cfg: EngineConfig, max_decode_len: int = 1) -> EngineSpec:
     for i in range(m.num_hidden_layers):
         for kind in ("key", "value"):
             bindings.append(TensorSpec(f"past_{kind}_{i}", "in", cfg.kv_dtype, kv_shape))
-    bindings.append(TensorSpec("logits", "out", "float32", (("batch", "select_len"), m.vocab_size)))
+    bindings += _lora_bindings(cfg)
+    if cfg.deployment.external_weights:
+        bindings += [
+            TensorSpec(n, "in", cfg.dtype, s, kind="weight") for n, s in weight_shapes(cfg).items()
+        ]
+    bindings += [
+        TensorSpec(n, "in", cfg.dtype, s, kind="extra") for n, s in extra_shapes(cfg).items()
+    ]
+    vocab = cfg.output_vocab_size  # reduced_vocab_size when set (models/vocab.py)
+    bindings.append(TensorSpec("logits", "out", "float32", (("batch", "select_len"), vocab)))
     for i in range(m.num_hidden_layers):
         for kind in ("key", "value"):
             bindings.append(TensorSpec(f"present_{kind}_{i}", "out", cfg.kv_dtype, kv_shape))
@@ -232,3 +253,13 @@ def build_llm_spec(cfg: EngineConfig, max_decode_len: int = 1) -> EngineSpec:
         aliases=tuple(aliases),
         static_dims=(("kv_len", cfg.kv_capacity), ("rope_batch", 1)),
     )
+
+
+def _lora_bindings(cfg: EngineConfig) -> list[TensorSpec]:
+    """The adapter bank inputs (``models/lora.py``): the per-row slot and, per layer and target,
+    ``lora_A [slots, R, in]`` and ``lora_B [slots, out, R]``; none without LoRA."""
+    shapes = bank_shapes(cfg)
+    if not shapes:
+        return []
+    out = [TensorSpec(INDEX_BINDING, "in", "int32", (("batch",),))]
+    return out + [TensorSpec(n, "in", cfg.dtype, s) for n, s in shapes.items()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 
+from ..models.lora import INDEX_BINDING
 from ..state.io import PipelineIO
 from ..state.resources import SharedResources
 
@@ -19,7 +20,7 @@ def build_tensor_map(
 
     Args:
       io: this step's I/O (``context_lengths``, ``last_token_ids`` already set).
-      res: KV cache and RoPE table.
+      res: KV cache, RoPE table, LoRA bank, external weights and extra inputs.
       inputs_embeds: ``[B, S, H]`` embedded tokens of this step.
       start_index: ``[B]`` int32 first new slot per row, or ``[0]`` for a fresh prefill.
 
@@ -36,4 +37,10 @@ def build_tensor_map(
     for i, (k, v) in enumerate(zip(res.kv.k, res.kv.v, strict=True)):
         tensors[f"past_key_{i}"] = k
         tensors[f"past_value_{i}"] = v
+    if res.lora is not None:
+        tensors[INDEX_BINDING] = res.lora.index
+        tensors.update(res.lora.weights)
+    # Validated against the spec when the state was created (engine/inputs.py).
+    tensors.update(res.weights or {})
+    tensors.update(res.extra or {})
     return tensors

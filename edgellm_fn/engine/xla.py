@@ -21,7 +21,8 @@ import jax.numpy as jnp
 from ..config import EngineConfig
 from ..dims import InferenceDims
 from ..errors import EngineError
-from ..models import fused, llama
+from ..models import fused, llama, lora
+from ..models.external import LM_HEAD_INPUT
 from .protocol import Prepared, prepare_checked
 from .spec import EngineSpec, build_llm_spec
 
@@ -45,17 +46,44 @@ class XlaEngine:
 
     provider = "xla"
 
-    def __init__(self, config: EngineConfig, params: llama.Params, kernels: str | None = None):
+    def __init__(
+        self,
+        config: EngineConfig,
+        params: llama.Params,
+        kernels: str | None = None,
+        vocab_map: jax.Array | None = None,
+    ):
+        """Args:
+        config: dims and limits; ``reduced_vocab_size`` needs ``vocab_map``.
+        params: ``models/llama.py`` params; with a reduced vocabulary ``lm_head`` holds the
+          kept rows only (``models.vocab.reduce_params``).
+        kernels: kernel mode (module docstring).
+        vocab_map: ``[reduced_vocab_size]`` int32 full id of each logit column.
+        """
         self.config = config
         self.params = params
         self.kernels = _kernel_mode(kernels)
+        self._vocab_map = vocab_map
+        check_output_vocab(config, vocab_map, params.get("lm_head"), "xla provider")
+        if config.deployment.external_weights:
+            raise EngineError(
+                "xla provider: external_weights=True (expected False); the xla provider holds "
+                "its params, external weights are for built engines (onnxruntime, tensorrt)"
+            )
 
     def tree_flatten(self):
-        return (self.params,), (self.config, self.kernels)
+        return (self.params, self._vocab_map), (self.config, self.kernels)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
-        return cls(aux[0], children[0], aux[1])
+        engine = object.__new__(cls)  # no re-validation when jit rebuilds the engine
+        engine.config, engine.kernels = aux
+        engine.params, engine._vocab_map = children
+        return engine
+
+    @property
+    def vocab_map(self) -> jax.Array | None:
+        return self._vocab_map
 
     def decode_path(self, batch: int) -> tuple[str, str]:
         """``("kernels" | "reference", why)`` for decode steps of ``batch`` rows on this backend."""
@@ -115,19 +143,45 @@ class XlaEngine:
             picked = hidden[:, None]  # decode selects its only token
         else:
             flash = use_kernels and jax.default_backend() == "gpu" and fresh and _flash_ok(m)
+            adapters = lora.gather_rows(t, n)
             hidden, ks, vs = llama.run_layers(
-                m, self.params, x, cos_sin, positions, write_pos, context, ks, vs, flash
+                m, self.params, x, cos_sin, positions, write_pos, context, ks, vs, flash, adapters
             )
             picked = jnp.take_along_axis(hidden, select[:, :, None], axis=1)  # [B, sel, H]
+        params = self.params
+        if LM_HEAD_INPUT in t:  # a declared extra input replaces the built-in head
+            params = {**params, "lm_head": t[LM_HEAD_INPUT]}
         if use_kernels and picked.shape[0] * picked.shape[1] <= fused.MAX_ROWS:
-            logits = fused.head_logits(m, self.params, picked)
+            logits = fused.head_logits(m, params, picked)
         else:
-            logits = llama.lm_logits(m, self.params, picked)
-        out = {"logits": logits.reshape(-1, m.vocab_size)}
+            logits = llama.lm_logits(m, params, picked)
+        out = {"logits": logits.reshape(-1, self.config.output_vocab_size)}
         for i in range(n):
             out[f"present_key_{i}"] = ks[i]
             out[f"present_value_{i}"] = vs[i]
         return out
+
+
+def check_output_vocab(
+    cfg: EngineConfig, vocab_map: jax.Array | None, head: jax.Array | None, where: str
+) -> None:
+    """Refuses a vocab map that contradicts ``cfg.reduced_vocab_size`` (or an lm_head of other
+    rows than ``output_vocab_size``, when given)."""
+    reduced = cfg.deployment.reduced_vocab_size
+    got = None if vocab_map is None else tuple(vocab_map.shape)
+    if (reduced == 0) != (vocab_map is None) or (got is not None and got != (reduced,)):
+        raise EngineError(
+            f"{where}: vocab_map shape={None if got is None else list(got)} (expected "
+            f"{[reduced] if reduced else None} for reduced_vocab_size={reduced}); load the "
+            "engine with load_engine(..., vocab_map=DIR) so the config and the map agree"
+        )
+    if vocab_map is not None and vocab_map.dtype != jnp.int32:
+        raise EngineError(f"{where}: vocab_map dtype={vocab_map.dtype} (expected int32)")
+    if head is not None and head.shape[0] != cfg.output_vocab_size:
+        raise EngineError(
+            f"{where}: lm_head has {head.shape[0]} rows (expected output_vocab_size="
+            f"{cfg.output_vocab_size}); slice it with models.vocab.reduce_params"
+        )
 
 
 def _cuda_built() -> bool:

@@ -31,9 +31,15 @@ def kernel_support(cfg: EngineConfig, batch: int, platform: str) -> str | None:
 
     The CPU handlers take any float dtype; the CUDA handlers need 16-bit weights and caches in
     one dtype, head_dim a multiple of 8 up to 256, at most 8 query heads per kv head, at most 16
-    rows, and projection widths that are multiples of 8 (16-byte loads).
+    rows, and projection widths that are multiples of 8 (16-byte loads). No path applies LoRA
+    adapters: an engine with a LoRA bank always takes the reference path.
     """
     m = cfg.model
+    if cfg.deployment.max_lora_rank:
+        return (
+            f"LoRA adapters (max_lora_rank={cfg.deployment.max_lora_rank}) have no fused kernel; "
+            "the reference path adds each row's adapter"
+        )
     if m.hidden_act not in ACTIVATIONS:
         return f"hidden_act={m.hidden_act!r} has no fused kernel"
     if cfg.kv_dtype != cfg.dtype:

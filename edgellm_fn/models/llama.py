@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 
 from ..config import ModelConfig
+from .lora import LayerLora
+from .lora import delta as lora_delta
 
 Params = dict[str, Any]
 _NEG = -1e30
@@ -156,15 +158,23 @@ def decoder_layer(
     v_cache: jax.Array,
     window: int,
     flash: bool = False,
+    lora: LayerLora | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One pre-norm decoder layer; returns ``(x, k_cache, v_cache)``.
 
     ``flash`` (a fresh prefill on GPU): attention over the step's own tokens with cuDNN instead
-    of the masked full-capacity slab.
+    of the masked full-capacity slab. ``lora``: each target's per-row adapter pair
+    (``models/lora.py``), whose delta is added to that projection's output.
     """
+
+    def adapt(y: jax.Array, inp: jax.Array, *targets: str) -> jax.Array:
+        if lora is None:
+            return y
+        return y + jnp.concatenate([lora_delta(inp, lora[t]) for t in targets], axis=-1)
+
     b, s, _ = x.shape
     h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
-    qkv = linear(h, lp["wqkv"], lp.get("bqkv"))
+    qkv = adapt(linear(h, lp["wqkv"], lp.get("bqkv")), h, "q_proj", "k_proj", "v_proj")
     q, k, v = jnp.split(qkv, [cfg.q_size, cfg.q_size + cfg.kv_size], axis=-1)
     q = q.reshape(b, s, cfg.num_attention_heads, cfg.head_dim)
     k = k.reshape(b, s, cfg.num_key_value_heads, cfg.head_dim)
@@ -179,10 +189,12 @@ def decoder_layer(
         attn = attend_fresh(q, k, v, context_lengths, window)
     else:
         attn = attend(q, k_cache, v_cache, positions, context_lengths, window)
-    x = x + linear(attn, lp["wo"], lp.get("bo"))
+    x = x + adapt(linear(attn, lp["wo"], lp.get("bo")), attn, "o_proj")
     h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps)
-    gate, up = jnp.split(linear(h, lp["w_gate_up"], lp.get("b_gate_up")), 2, axis=-1)
-    down = linear(ACTIVATIONS[cfg.hidden_act](gate) * up, lp["w_down"], lp.get("b_down"))
+    gate_up = adapt(linear(h, lp["w_gate_up"], lp.get("b_gate_up")), h, "gate_proj", "up_proj")
+    gate, up = jnp.split(gate_up, 2, axis=-1)
+    act = ACTIVATIONS[cfg.hidden_act](gate) * up
+    down = adapt(linear(act, lp["w_down"], lp.get("b_down")), act, "down_proj")
     return x + down, k_cache, v_cache
 
 
@@ -197,8 +209,12 @@ def run_layers(
     k_caches: Sequence[jax.Array],
     v_caches: Sequence[jax.Array],
     flash: bool = False,
+    lora: Sequence[LayerLora] | None = None,
 ) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
-    """All decoder layers; returns final hidden ``[B, S, H]`` (before the final norm) and caches."""
+    """All decoder layers; returns final hidden ``[B, S, H]`` (before the final norm) and caches.
+
+    ``lora``: per layer, the rows' adapter pairs (``models.lora.gather_rows``), or None.
+    """
     new_k, new_v = [], []
     for i, lp in enumerate(params["layers"]):
         x, k, v = decoder_layer(
@@ -213,6 +229,7 @@ def run_layers(
             v_caches[i],
             cfg.sliding_windows[i],
             flash,
+            None if lora is None else lora[i],
         )
         new_k.append(k)
         new_v.append(v)

@@ -17,9 +17,11 @@ from ..state.resources import create_state
 from ..text.stops import find_stop
 from ..text.tokenizer import StreamDecoder, Tokenizer
 from . import loops, steps
+from .lora import LoraBank
 from .prompts import bucket_length as bucket_length
 from .prompts import pad_prompts
 from .sampling import REQUEST_LIMITS, SamplingConfig, make_sampling_params
+from .vocab import reduce_logit_bias
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -66,6 +68,8 @@ def generate(
     loop: str = "python",
     on_text: Callable[[int, str], None] | None = None,
     sampling: SamplingConfig = REQUEST_LIMITS,
+    lora: LoraBank | None = None,
+    lora_names: Sequence[str | None] | None = None,
 ) -> list[Completion]:
     """Generates a completion for each tokenized prompt.
 
@@ -84,9 +88,13 @@ def generate(
       on_text: ``on_text(prompt_index, text_delta)`` while streaming (python loop only).
       sampling: the fixed sampling limits (static: one compilation serves every request within
         them); top_k, top_p, temperature, bias and num_logprobs are per-row values.
+      lora: the engine's LoRA adapters (``runtime.lora.load_lora_bank``).
+      lora_names: per prompt the adapter name, None for the base model (rows of one batch may
+        use different adapters).
 
     Raises:
-      InputError: empty or too long prompts, bad sampling values, unknown loop.
+      InputError: empty or too long prompts, bad sampling values, unknown loop, an unknown
+        ``lora_name``.
     """
     n = len(prompts)
     cfg = engine.config
@@ -103,6 +111,14 @@ def generate(
                 f"generate: prompt {i} has {len(p)} tokens (expected 1..max_input_len="
                 f"{cfg.max_input_len}); upstream rejects longer prompts too"
             )
+    lora_names = [None] * n if lora_names is None else list(lora_names)
+    if lora is None and any(lora_names):
+        raise InputError(
+            f"generate: lora_name={next(x for x in lora_names if x)!r} (expected null: no LoRA "
+            "adapters are loaded); pass lora=load_lora_bank(...) or --lora NAME=DIR"
+        )
+    if lora is not None:
+        lora.indices(lora_names, n, "generate")  # unknown names fail before any batch runs
     logit_bias = list(logit_bias) if logit_bias is not None else [None] * n
     nlp = [num_logprobs] * n if isinstance(num_logprobs, int) else list(num_logprobs)
     stop = [list(s or []) for s in stop] if stop is not None else [[] for _ in range(n)]
@@ -128,6 +144,7 @@ def generate(
                 loop=loop,
                 on_text=None if on_text is None else (lambda r, s, o=start: on_text(o + r, s)),
                 sampling=sampling,
+                lora=None if lora is None else lora.state([lora_names[i] for i in rows]),
             )
         )
     return out
@@ -150,22 +167,23 @@ def _generate_batch(
     loop,
     on_text,
     sampling,
+    lora=None,
 ) -> list[Completion]:
     b = len(prompts)
     cfg = engine.config
     config, params = make_sampling_params(
         b,
-        vocab_size=cfg.model.vocab_size,
+        vocab_size=cfg.output_vocab_size,  # bias ids are logit columns (runtime/vocab.py)
         temperature=temperature,
         top_p=top_p,
         top_k=top_k,
-        logit_bias=logit_bias,
+        logit_bias=reduce_logit_bias(engine.vocab_map, logit_bias, b),
         num_logprobs=num_logprobs,
         config=sampling,
     )
     longest = max(len(p) for p in prompts)
     ids, lengths = pad_prompts(prompts, bucket_length(longest, cfg.max_input_len))
-    state = create_state(cfg, b, config)
+    state = create_state(cfg, b, config, lora=lora)
     state = steps.prefill(engine, state, steps.embed(engine, ids), lengths)
     limits = loops.token_limits(engine, lengths, max_new_tokens)
 

@@ -29,6 +29,7 @@ from ..state import host
 from ..state.resources import RuntimeState
 from . import steps
 from .sampling import SampleOutput, SamplingConfig, SamplingParams, sample
+from .vocab import map_sampled
 
 PAD = -1
 
@@ -119,7 +120,8 @@ def loop_step(
     io = state.io
     live = io.active & ~stop
     keys = jax.vmap(jax.random.fold_in)(io.row_keys, io.num_tokens)
-    out = sample(config, io.sampling, io.logits, keys)
+    # A reduced vocabulary samples logit columns; from here on every id is a full id.
+    out = map_sampled(engine.vocab_map, sample(config, io.sampling, io.logits, keys))
     tok = jnp.where(live, out.tokens, PAD)
     count = io.num_tokens + live.astype(jnp.int32)
     eos = live & _is_eos(tok, eos_ids)

@@ -142,22 +142,32 @@ def restore_prefix(
 
 
 class PrefixStore:
-    """Host-side store of ``PrefixCache`` entries, looked up by longest common token prefix."""
+    """Host-side store of ``PrefixCache`` entries, looked up by longest common token prefix.
+
+    Entries are keyed by ``(lora_name, tokens)`` (as upstream keys its system-prompt cache by
+    prompt and LoRA name): KV computed under one adapter is never reused for another.
+    """
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[int, ...], PrefixCache] = {}
+        self._entries: dict[tuple[str | None, tuple[int, ...]], PrefixCache] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, prefix: PrefixCache) -> None:
-        self._entries[prefix.tokens] = prefix
+    def add(self, prefix: PrefixCache, lora_name: str | None = None) -> None:
+        """Stores ``prefix``, computed with adapter ``lora_name`` (None: the base model)."""
+        self._entries[(lora_name or None, prefix.tokens)] = prefix
 
-    def lookup(self, tokens: Sequence[int]) -> tuple[PrefixCache | None, int]:
-        """Returns the entry sharing the longest prefix with ``tokens`` and how many tokens
-        of it to reuse (at most ``len(tokens) - 1``, so one token is always prefilled)."""
+    def lookup(
+        self, tokens: Sequence[int], lora_name: str | None = None
+    ) -> tuple[PrefixCache | None, int]:
+        """Returns the entry of adapter ``lora_name`` sharing the longest prefix with ``tokens``
+        and how many tokens of it to reuse (at most ``len(tokens) - 1``, so one token is always
+        prefilled)."""
         best, best_n = None, 0
-        for key, entry in self._entries.items():
+        for (lora, key), entry in self._entries.items():
+            if lora != (lora_name or None):
+                continue
             n = 0
             for a, b in zip(key, tokens, strict=False):
                 if a != b:
@@ -175,12 +185,15 @@ def prefill_with_prefixes(
     prompts: Sequence[Sequence[int]],
     store: PrefixStore,
     bucket: int | None = None,
+    lora_names: Sequence[str | None] | None = None,
 ) -> tuple[RuntimeState, list[int]]:
     """Restores each row's longest cached prefix, then prefills the rest of every prompt.
 
     Args:
       state: a fresh state for ``len(prompts)`` rows (donated).
       bucket: pad the remaining tokens to this length (default: the longest remainder).
+      lora_names: per row the adapter the state runs it on (``LoraBank.state``); only entries
+        saved under the same adapter are reused.
 
     Returns:
       The state after prefill and, per row, the number of tokens reused from the store.
@@ -205,7 +218,13 @@ def prefill_with_prefixes(
             f"{where}: the state holds lengths {held.tolist()} (expected a fresh state, all 0); "
             "use create_state(config, batch)"
         )
-    found = [store.lookup(p) for p in prompts]
+    lora_names = [None] * len(prompts) if lora_names is None else list(lora_names)
+    if len(lora_names) != len(prompts):
+        raise InputError(
+            f"{where}: len(lora_names)={len(lora_names)} (expected one per prompt, "
+            f"{len(prompts)}); use None for rows without an adapter"
+        )
+    found = [store.lookup(p, n) for p, n in zip(prompts, lora_names, strict=True)]
     rest = [len(p) - n for p, (_, n) in zip(prompts, found, strict=True)]
     width = bucket or max(rest)
     limit = min(cfg.max_input_len, cfg.kv_capacity)

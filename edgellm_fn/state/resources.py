@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ..config import EngineConfig
@@ -14,6 +17,7 @@ from ..runtime.sampling import SamplingConfig
 from . import host
 from .io import PipelineIO
 from .kv import KVCache
+from .lora import LoraState
 from .rope import rope_table
 
 
@@ -25,13 +29,31 @@ class SharedResources:
     Attributes:
       kv: the base engine's KV cache.
       rope: ``[ropeB, KVcap, rot]`` float32 cos/sin table.
+      lora: the LoRA adapter bank and per-row slots (upstream's ``loraManager``); None for an
+        engine without LoRA bindings.
+      weights: external weights by binding name (upstream's ``externalWeightManager``;
+        ``engine/inputs.py``); None for an engine that holds its weights.
+      extra: declared extra inputs by binding name (``models/external.py``); None without.
     """
 
     kv: KVCache
     rope: jax.Array  # [ropeB, KVcap, rot] f32
+    lora: LoraState | None = None
+    weights: dict[str, jax.Array] | None = None  # name -> engine-layout weight
+    extra: dict[str, jax.Array] | None = None  # name -> declared extra input
 
     @classmethod
-    def create_for_llm(cls, cfg: EngineConfig, batch: int) -> SharedResources:
+    def create_for_llm(
+        cls,
+        cfg: EngineConfig,
+        batch: int,
+        lora: LoraState | None = None,
+        weights: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> SharedResources:
+        """Allocates the KV cache and RoPE table and copies ``weights``/``extra`` onto the
+        device (each state its own copy: steps donate the state). Validate them first with
+        ``engine.inputs.check_inputs`` (``create_state`` does)."""
         m = cfg.model
         kv = KVCache.create(
             batch,
@@ -41,7 +63,19 @@ class SharedResources:
             m.head_dim,
             dtype(cfg.kv_dtype).jnp,
         )
-        return cls(kv=kv, rope=rope_table(m.rope, cfg.kv_capacity))
+        if lora is None and cfg.deployment.max_lora_rank:
+            lora = LoraState.create(cfg, batch)
+
+        def copy(arrays):
+            return None if not arrays else {n: jnp.array(a, copy=True) for n, a in arrays.items()}
+
+        return cls(
+            kv=kv,
+            rope=rope_table(m.rope, cfg.kv_capacity),
+            lora=lora,
+            weights=copy(weights),
+            extra=copy(extra),
+        )
 
 
 @jax.tree_util.register_dataclass
@@ -70,6 +104,10 @@ def create_state(
     cfg: EngineConfig,
     batch: int,
     sampling: SamplingConfig = SamplingConfig(),  # noqa: B008 (frozen, hashable)
+    *,
+    lora: LoraState | None = None,
+    weights: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> RuntimeState:
     """Allocates a ``RuntimeState`` for ``batch`` rows (each leaf a separate buffer).
 
@@ -78,20 +116,38 @@ def create_state(
       batch: rows, ``1..max_batch_size``.
       sampling: the sampling limits the decode loops will use (sizes the bias buffers; a loop
         given other limits reallocates them once).
+      lora: the adapter bank and row slots (``runtime.lora.LoraBank.state``); default: an
+        all-zero bank when the engine has LoRA bindings.
+      weights: an engine built with ``external_weights``: its weight set
+        (``engine.inputs.load_external_weights``), name -> array.
+      extra: the engine's declared extra inputs (``builder_config.extra_inputs``), name -> array.
 
     Raises:
-      InputError: ``batch`` is outside ``1..max_batch_size``.
+      InputError: ``batch`` is outside ``1..max_batch_size``, or ``lora`` has another batch.
+      EngineError: ``weights`` or ``extra`` misses a name, has an unknown one, or one of
+        another shape or dtype (checked before anything is allocated).
     """
     if not isinstance(batch, int) or not 1 <= batch <= cfg.max_batch_size:
         raise InputError(
             f"create_state: batch={batch!r} (expected 1..max_batch_size={cfg.max_batch_size}); "
             "build the engine with a larger max_batch_size or split the requests"
         )
+    if lora is not None and tuple(lora.index.shape) != (batch,):
+        raise InputError(
+            f"create_state: lora.index has shape {list(lora.index.shape)} (expected [{batch}], "
+            "one adapter slot per row); pass bank.state(names) with one name per row"
+        )
+    from ..engine.inputs import check_inputs
+    from ..engine.spec import build_llm_spec
+
+    spec = build_llm_spec(cfg)
+    weights = check_inputs(spec, "weight", weights, "create_state: weights") or None
+    extra = check_inputs(spec, "extra", extra, "create_state: extra") or None
     state = RuntimeState(
         io=PipelineIO.create(
-            batch, cfg.model.vocab_size, cfg.model.hidden_size, dtype(cfg.dtype).jnp, sampling
+            batch, cfg.output_vocab_size, cfg.model.hidden_size, dtype(cfg.dtype).jnp, sampling
         ),
-        res=SharedResources.create_for_llm(cfg, batch),
+        res=SharedResources.create_for_llm(cfg, batch, lora, weights, extra),
     )
     host.remember(state.kv.lengths, np.zeros(batch, np.int64))
     return state

@@ -107,6 +107,11 @@ class FakeEngine:
         """``[V, H]``: row ``v`` is ``[v, 0, ..., 0]``."""
         return self._embedding
 
+    @property
+    def vocab_map(self) -> jax.Array | None:
+        """Always None: the fake engine's logits cover the full vocabulary."""
+        return None
+
     def prepare(
         self, profile: int, dims: InferenceDims, tensor_map: Mapping[str, jax.Array]
     ) -> Prepared:

@@ -66,17 +66,21 @@ class Request:
       stop: stop strings.
       logit_bias: ``{token_id: bias}``.
       num_logprobs: top log-probabilities per token (0..50).
+      lora_name: the LoRA adapter of this request (a key of ``available_lora_weights`` or a
+        ``--lora`` name), None for the base model.
     """
 
     messages: list[dict[str, str]]
     stop: list[str]
     logit_bias: dict[int, float]
     num_logprobs: int
+    lora_name: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RequestBatch:
-    """A parsed input file: batch-wide sampling settings and the requests."""
+    """A parsed input file: batch-wide sampling settings, the LoRA adapters by name
+    (``available_lora_weights``: name -> adapter directory) and the requests."""
 
     batch_size: int | None
     temperature: float
@@ -85,6 +89,7 @@ class RequestBatch:
     max_generate_length: int
     apply_chat_template: bool
     requests: list[Request]
+    available_lora_weights: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def load_requests(
@@ -190,11 +195,13 @@ def parse_requests(
             f"{generate_length_limit}); no KV cache holds that many tokens, lower it"
         )
     chat = _field(raw, "apply_chat_template", (bool,), where, True)
-    if _field(raw, "available_lora_weights", (dict,), where, {}):
-        raise InputError(
-            f"{where}: available_lora_weights is not empty (expected {{}}); this runtime has no "
-            "LoRA support yet"
-        )
+    loras = _field(raw, "available_lora_weights", (dict,), where, {})
+    for name, path in loras.items():
+        if not name or not isinstance(path, str) or not path:
+            raise InputError(
+                f"{where}: available_lora_weights[{show(name)}]={show(path)} (expected a "
+                "non-empty name mapped to a PEFT adapter directory path)"
+            )
     reqs = raw.get("requests")
     if not isinstance(reqs, list) or not reqs:
         raise InputError(f"{where}: requests={reqs!r} (expected a non-empty list)")
@@ -206,6 +213,7 @@ def parse_requests(
         max_generate_length=max_len,
         apply_chat_template=chat,
         requests=[_parse_request(r, f"{where}: requests[{i}]") for i, r in enumerate(reqs)],
+        available_lora_weights=dict(loras),
     )
 
 
@@ -213,10 +221,7 @@ def _parse_request(raw: Any, where: str) -> Request:
     if not isinstance(raw, dict):
         raise InputError(f"{where}: expected a JSON object, got {type(raw).__name__}")
     _unknown(raw, _REQ, where)
-    if _field(raw, "lora_name", (str,), where, None):
-        raise InputError(
-            f"{where}: lora_name={show(raw['lora_name'])} (expected null); no LoRA support"
-        )
+    lora_name = _field(raw, "lora_name", (str,), where, None) or None
     if _field(raw, "save_system_prompt_kv_cache", (bool,), where, False):
         raise InputError(
             f"{where}: save_system_prompt_kv_cache=true (expected false); use the prefix cache API"
@@ -258,7 +263,9 @@ def _parse_request(raw: Any, where: str) -> Request:
     nlp = _field(raw, "num_logprobs", (int,), where, 0)
     if not 0 <= nlp <= MAX_NUM_LOGPROBS:
         raise InputError(f"{where}: num_logprobs={nlp} (expected 0..{MAX_NUM_LOGPROBS})")
-    return Request(messages=parsed, stop=stop, logit_bias=bias, num_logprobs=nlp)
+    return Request(
+        messages=parsed, stop=stop, logit_bias=bias, num_logprobs=nlp, lora_name=lora_name
+    )
 
 
 def _token_key(key: Any) -> int | None:

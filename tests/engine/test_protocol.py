@@ -19,7 +19,7 @@ from edgellm_fn.testing.fake_engine import FakeEngine
 
 ENGINES = [XlaEngine, OnnxRuntimeEngine, TensorRtEngine, FakeEngine]
 METHODS = ["prepare", "execute"]
-PROPERTIES = ["spec", "embedding"]
+PROPERTIES = ["spec", "embedding", "vocab_map"]
 PACKAGE = pathlib.Path(__file__).parents[2] / "edgellm_fn"
 
 

@@ -70,8 +70,9 @@ def _bad(**changes):
         (_bad(req_logit_bias={"x": 1}), r"logit_bias key 'x' \(expected a token id 0..16777215\)"),
         (_bad(req_logit_bias={"3": "big"}), r"logit_bias\[3\]='big' \(expected a number\)"),
         (_bad(req_stop=[""]), r"stop=\[''\] \(expected non-empty strings\)"),
-        (_bad(req_lora_name="a"), r"lora_name='a' \(expected null\); no LoRA support"),
-        (_bad(available_lora_weights={"a": "p"}), r"available_lora_weights is not empty"),
+        (_bad(req_lora_name=5), r"lora_name=5 \(expected str\)"),
+        (_bad(available_lora_weights={"a": 5}), r"available_lora_weights\['a'\]=5 \(expected a non-empty name mapped to a PEFT adapter directory path\)"),
+        (_bad(available_lora_weights=["a"]), r"available_lora_weights=\['a'\] \(expected dict\)"),
     ],
 )
 def test_bad_fields_are_named(raw, match):
@@ -223,3 +224,12 @@ def test_output_json_is_strict():
     assert back["logprob"] is None and back["top_logprobs"][0]["logprob"] == MIN_LOGPROB == -9999.0
     json.dumps(responses_json([done]), allow_nan=False)  # what cli.py writes is strict too
     assert lp[0]["logprob"] != lp[0]["logprob"]  # the completion itself is untouched (NaN)
+
+
+def test_lora_fields_are_parsed():
+    raw = json.loads(json.dumps(GOOD))
+    raw["available_lora_weights"] = {"math": "adapters/math"}
+    raw["requests"].append({**raw["requests"][0], "lora_name": "math"})
+    batch = parse_requests(raw)
+    assert batch.available_lora_weights == {"math": "adapters/math"}
+    assert [r.lora_name for r in batch.requests] == [None, "math"]

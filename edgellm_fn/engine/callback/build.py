@@ -17,6 +17,7 @@ from ...config import EngineConfig
 from ...errors import ConfigError
 from ...models.loader import load_checkpoint
 from ...models.onnx.export import export_onnx
+from ...models.vocab import load_vocab_map, reduce_params
 from ..providers import PROVIDERS, TENSORRT_BUILDERS, resolve_provider
 from ..spec import build_llm_spec
 from .engine_dir import ENGINE_FILES, write_engine_dir
@@ -36,6 +37,11 @@ def build_engine(
     dtype: str | None = None,
     builder: str | None = None,
     progress: Progress | None = None,
+    max_lora_rank: int = 0,
+    max_loras: int = 0,
+    vocab_map: str | Path | None = None,
+    external_weights: bool = False,
+    extra_inputs: tuple[str, ...] = (),
 ) -> Path:
     """Builds an engine directory from a Hugging Face checkpoint directory.
 
@@ -49,6 +55,13 @@ def build_engine(
       builder: for ``tensorrt``, which library builds the engine (``TENSORRT_BUILDERS``);
         default NVIDIA TensorRT, or TensorRT-RTX for the ``tensorrt-rtx`` alias.
       progress: called with ``(stage, fraction)`` as the build advances.
+      max_lora_rank, max_loras: the LoRA adapter bank the engine takes as inputs (0: none).
+      vocab_map: a reduced vocabulary (``models/vocab.py``): the lm_head is sliced to its rows,
+        ``logits`` are ``[rows, len(vocab_map)]``, and the map is saved in the engine directory.
+      external_weights: the engine takes its weights as inputs (``models/external.py``): one
+        build serves every weight set of this shape (``engine.inputs.load_external_weights``).
+      extra_inputs: declared extra inputs (``models/external.EXTRA_INPUTS``), e.g.
+        ``("lm_head_weight",)``.
 
     Returns:
       ``out_dir``.
@@ -78,12 +91,20 @@ def build_engine(
     ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
     report("loading checkpoint", 0.0)
     model, params = load_checkpoint(ckpt_dir, dtype)
+    ids = None if vocab_map is None else load_vocab_map(vocab_map, model)
+    if ids is not None:
+        params = reduce_params(params, ids)
     cfg = EngineConfig.create(
         model,
         max_batch_size=max_batch,
         max_input_len=max_input_len,
         kv_capacity=kv_capacity,
         dtype=dtype,
+        max_lora_rank=max_lora_rank,
+        max_loras=max_loras,
+        reduced_vocab_size=0 if ids is None else int(ids.size),
+        external_weights=external_weights,
+        extra_inputs=tuple(extra_inputs),
     )
     if provider == "onnxruntime" and cfg.dtype == "bfloat16":
         raise ConfigError(
@@ -115,6 +136,8 @@ def build_engine(
         (out_dir / ENGINE_FILES[provider]).write_bytes(built.blob)
         made_by = f"{module.__name__} {module.__version__}"
     report("writing engine directory", 0.9)
-    write_engine_dir(out_dir, ckpt_dir, cfg, provider, np.asarray(params["embed"]), made_by)
+    write_engine_dir(
+        out_dir, ckpt_dir, cfg, provider, np.asarray(params["embed"]), made_by, vocab_map=ids
+    )
     report("done", 1.0)
     return out_dir

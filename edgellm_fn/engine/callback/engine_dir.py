@@ -18,6 +18,7 @@ import numpy as np
 from ...config import EngineConfig, read_json
 from ...errors import EngineError
 from ...models.safetensors_io import load_file, save_file
+from ...models.vocab import VOCAB_MAP_FILE, load_vocab_map, save_vocab_map
 from ..spec import EngineSpec
 
 CONFIG_FILE = "config.json"
@@ -45,8 +46,10 @@ def write_engine_dir(
     provider: str,
     embedding: np.ndarray,
     builder: str,
+    vocab_map: np.ndarray | None = None,
 ) -> None:
-    """Writes ``config.json``, ``embedding.safetensors`` and copies tokenizer files.
+    """Writes ``config.json``, ``embedding.safetensors`` (+ ``vocab_map.safetensors`` for a
+    reduced vocabulary) and copies tokenizer files.
 
     The engine file itself is written by the builder (``ENGINE_FILES[provider]``); ``builder``
     names what built it (e.g. ``"tensorrt_rtx_bindings 1.7.1.116"``).
@@ -57,6 +60,9 @@ def write_engine_dir(
     raw["engine"] = {"provider": provider, "file": ENGINE_FILES[provider], "builder": builder}
     (out_dir / CONFIG_FILE).write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
     save_file({EMBEDDING_TENSOR: np.asarray(embedding)}, out_dir / EMBEDDING_FILE)
+    (out_dir / VOCAB_MAP_FILE).unlink(missing_ok=True)
+    if vocab_map is not None:
+        save_vocab_map(vocab_map, out_dir / VOCAB_MAP_FILE)
     for name in TOKENIZER_FILES:
         if (ckpt_dir / name).is_file():
             shutil.copyfile(ckpt_dir / name, out_dir / name)
@@ -112,6 +118,33 @@ def read_engine_dir(engine_dir: str | Path, provider: str) -> tuple[EngineConfig
             f"(expected {list(want)} from {CONFIG_FILE})"
         )
     return cfg, path, embedding
+
+
+def read_vocab_map(engine_dir: str | Path, cfg: EngineConfig):
+    """The engine directory's ``[reduced_vocab_size]`` vocab map as a device array; None when
+    ``builder_config`` has no ``reduced_vocab_size``.
+
+    Raises:
+      ConfigError: the file is missing, ill-formed, or its length contradicts config.json.
+    """
+    import jax.numpy as jnp
+
+    reduced = cfg.deployment.reduced_vocab_size
+    path = Path(engine_dir) / VOCAB_MAP_FILE
+    if not reduced:
+        if path.exists():
+            raise EngineError(
+                f"{path}: a vocab map without builder_config.reduced_vocab_size (expected none "
+                "for a full-vocabulary engine); rebuild the engine directory"
+            )
+        return None
+    ids = load_vocab_map(path, cfg.model)
+    if ids.size != reduced:
+        raise EngineError(
+            f"{path}: length={ids.size} (expected reduced_vocab_size={reduced} from "
+            f"{CONFIG_FILE}); rebuild the engine directory"
+        )
+    return jnp.asarray(ids)
 
 
 #: An introspected binding: direction, dtype name, shape with -1 for dynamic dims.

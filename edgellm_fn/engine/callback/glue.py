@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental.buffer_callback import Buffer, ExecutionContext, buffer_callback
 
@@ -104,24 +105,51 @@ def call_executor(spec: EngineSpec, executor: Executor, prepared: Prepared) -> d
 class CallbackEngine:
     """An engine whose steps run an ``Executor`` through ``call_executor``.
 
-    A pytree whose only leaf is the embedding table; the config and the (hashable) executor are
-    static. Subclasses set ``provider`` (a name of ``providers.PROVIDERS``) and register
-    themselves as pytrees.
+    A pytree whose leaves are the embedding table and the vocab map; the config and the
+    (hashable) executor are static. Subclasses set ``provider`` (a name of
+    ``providers.PROVIDERS``) and register themselves as pytrees.
     """
 
     provider: str
 
-    def __init__(self, config: EngineConfig, executor: Executor, embedding: jax.Array):
+    def __init__(
+        self,
+        config: EngineConfig,
+        executor: Executor,
+        embedding: jax.Array,
+        vocab_map: jax.Array | None = None,
+    ):
         self.config = config
         self.executor = executor
         self._embedding = embedding
+        self._vocab_map = vocab_map
 
     def tree_flatten(self):
-        return (self._embedding,), (self.config, self.executor)
+        return (self._embedding, self._vocab_map), (self.config, self.executor)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
-        return cls(aux[0], aux[1], children[0])
+        return cls(aux[0], aux[1], *children)
+
+    @property
+    def vocab_map(self) -> jax.Array | None:
+        """``[Vout]`` int32 full id of each logit column; None for the full vocabulary."""
+        return self._vocab_map
+
+    def with_embedding(self, embedding) -> CallbackEngine:
+        """This engine (same executor, no reload) with another ``[V, H]`` embedding table: the
+        embedding of an external weight set (``engine.inputs.load_external_weights``).
+
+        Raises:
+          EngineError: a table of another shape or dtype.
+        """
+        old = self._embedding
+        if tuple(embedding.shape) != tuple(old.shape) or embedding.dtype != old.dtype:
+            raise EngineError(
+                f"{self.provider} provider: embedding {embedding.dtype} {list(embedding.shape)} "
+                f"(expected {old.dtype} {list(old.shape)}); the weight set has another shape"
+            )
+        return type(self)(self.config, self.executor, jnp.asarray(embedding), self._vocab_map)
 
     @property
     def embedding(self) -> jax.Array:

@@ -21,7 +21,7 @@ from ...dtypes import from_ort
 from ...errors import EngineError
 from ..protocol import Prepared
 from ..spec import build_llm_spec
-from .engine_dir import FoundBinding, check_io, read_engine_dir
+from .engine_dir import FoundBinding, check_io, read_engine_dir, read_vocab_map
 from .glue import BufferInfo, CallbackEngine
 
 
@@ -106,4 +106,4 @@ def load_onnxruntime_engine(
     cfg, path, embedding = read_engine_dir(engine_dir, "onnxruntime")
     executor = OrtExecutor(path, threads, log_severity)
     check_io(executor.introspect(), build_llm_spec(cfg), str(path))
-    return OnnxRuntimeEngine(cfg, executor, jnp.asarray(embedding))
+    return OnnxRuntimeEngine(cfg, executor, jnp.asarray(embedding), read_vocab_map(engine_dir, cfg))

@@ -24,7 +24,7 @@ from ...dims import InferenceDims
 from ...errors import EngineError
 from ..snapshot import BindingSnapshot, GraphCache
 from ..spec import build_llm_spec
-from .engine_dir import CONFIG_FILE, read_engine_dir
+from .engine_dir import CONFIG_FILE, read_engine_dir, read_vocab_map
 from .glue import BufferInfo, CallbackEngine
 from .trt_adapter import _Logger, check_introspection, introspect_engine, is_rtx, load_module
 
@@ -153,4 +153,4 @@ def load_tensorrt_engine(engine_dir: str | Path) -> TensorRtEngine:
     builder = str(read_json(Path(engine_dir) / CONFIG_FILE)["engine"].get("builder", "tensorrt"))
     trt = load_module("tensorrt-rtx" if builder.startswith("tensorrt_rtx") else "tensorrt")
     executor = TrtExecutor(trt, path.read_bytes(), cfg, str(path))
-    return TensorRtEngine(cfg, executor, jnp.asarray(embedding))
+    return TensorRtEngine(cfg, executor, jnp.asarray(embedding), read_vocab_map(engine_dir, cfg))

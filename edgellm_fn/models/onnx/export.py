@@ -64,12 +64,15 @@ def build_model(
     spec = spec or build_llm_spec(cfg)
     g = GraphBuilder()
     decoder_graph(g, cfg, params)
+    # External weights are graph inputs of the initializers' names: one built engine, any
+    # weight set of this shape, bound at run time (models/external.py).
+    bound = {b.name for b in spec.of_kind("weight")}
     graph = helper.make_graph(
         g.nodes,
         "edgellm_fn_decoder",
         [value_info(b, spec) for b in spec.inputs()],
         [value_info(b, spec) for b in spec.outputs()],
-        initializer=g.initializers,
+        initializer=[t for t in g.initializers if t.name not in bound],
     )
     model = helper.make_model(
         graph,

@@ -9,6 +9,11 @@ The graph implements the engine contract (``engine/spec.py``) with the same nume
     q ─ RotaryEmbedding ─────────────── Attention(q, present_k, present_v, mask) ─► y
 
     mask[b, 0, s, c] = c < context_lengths[b]  and  c <= start[b] + s  (and c > pos - window)
+
+With a LoRA bank (``max_lora_rank >= 1``) each projection adds its row's adapter delta, gathered
+from the ``lora_A/B_*`` inputs at ``lora_index`` (``models/lora.py``). With external weights the
+weights are graph inputs of the same names (``export.build_model`` drops those initializers),
+and a declared ``lm_head_weight`` extra input replaces the lm_head (``models/external.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ...config import EngineConfig
 from ...dtypes import dtype as lookup_dtype
+from ..external import LM_HEAD_INPUT
 from ..llama import Params
+from ..lora import INDEX_BINDING, binding_name
 
 OPSET = 24
 
@@ -143,7 +150,7 @@ def _layer(
         return g.weight(value.T if value.ndim == 2 else value, p + key, dt)
 
     h = _rms(g, x, w("attn_norm"), m.rms_norm_eps)
-    qkv = _linear(g, h, w("wqkv"), w("bqkv"))
+    qkv = _lora(g, cfg, i, h, _linear(g, h, w("wqkv"), w("bqkv")), "q_proj", "k_proj", "v_proj")
     q, k, v = g.op("Split", [qkv, g.i64(m.q_size, m.kv_size, m.kv_size)], outputs=3, axis=-1)
     q = _heads(g, q, m.num_attention_heads, m.head_dim)
     k = _heads(g, k, m.num_key_value_heads, m.head_dim)
@@ -171,19 +178,32 @@ def _layer(
     # No softmax_precision: TensorRT rejects it (its attention layer picks its own precision).
     y = g.op("Attention", [q, caches[0], caches[1], mask])
     y = g.op("Reshape", [g.op("Transpose", [y], perm=[0, 2, 1, 3]), g.i64(0, 0, m.q_size)])
-    x = g.op("Add", [x, _linear(g, y, w("wo"), w("bo"))])
+    x = g.op("Add", [x, _lora(g, cfg, i, y, _linear(g, y, w("wo"), w("bo")), "o_proj")])
     h = _rms(g, x, w("mlp_norm"), m.rms_norm_eps)
+    gate_up = _lora(
+        g, cfg, i, h, _linear(g, h, w("w_gate_up"), w("b_gate_up")), "gate_proj", "up_proj"
+    )
     gate, up = g.op(
-        "Split",
-        [
-            _linear(g, h, w("w_gate_up"), w("b_gate_up")),
-            g.i64(m.intermediate_size, m.intermediate_size),
-        ],
-        outputs=2,
-        axis=-1,
+        "Split", [gate_up, g.i64(m.intermediate_size, m.intermediate_size)], outputs=2, axis=-1
     )
     act = g.op("Mul", [_activation(g, gate, m.hidden_act), up])
-    return g.op("Add", [x, _linear(g, act, w("w_down"), w("b_down"))])
+    down = _lora(g, cfg, i, act, _linear(g, act, w("w_down"), w("b_down")), "down_proj")
+    return g.op("Add", [x, down])
+
+
+def _lora(g: GraphBuilder, cfg: EngineConfig, i: int, x: str, y: str, *targets: str) -> str:
+    """``y`` plus each row's adapter delta of ``targets`` (concatenated), from the bank inputs
+    ``lora_A/B_<target>_<i>`` gathered at ``lora_index``; ``y`` itself without LoRA."""
+    if not cfg.deployment.max_lora_rank:
+        return y
+    parts = []
+    for t in targets:
+        a = g.op("Gather", [binding_name("A", t, i), INDEX_BINDING], axis=0)  # [B, R, in]
+        b = g.op("Gather", [binding_name("B", t, i), INDEX_BINDING], axis=0)  # [B, out, R]
+        xa = g.op("MatMul", [x, g.op("Transpose", [a], perm=[0, 2, 1])])  # [B, S, R]
+        parts.append(g.op("MatMul", [xa, g.op("Transpose", [b], perm=[0, 2, 1])]))
+    d = parts[0] if len(parts) == 1 else g.op("Concat", parts, axis=-1)
+    return g.op("Add", [y, d])
 
 
 def decoder_graph(g: GraphBuilder, cfg: EngineConfig, params: Params) -> None:
@@ -196,8 +216,13 @@ def decoder_graph(g: GraphBuilder, cfg: EngineConfig, params: Params) -> None:
     idx = g.op("Unsqueeze", [g.op("Cast", ["last_token_ids"], to=TensorProto.INT64), g.i64(-1)])
     picked = g.op("GatherND", [x, idx], batch_dims=1)  # [B, sel, H]
     h = _rms(g, picked, g.weight(params["final_norm"], "final_norm", dt), m.rms_norm_eps)
-    head = np.asarray(params["lm_head"] if "lm_head" in params else params["embed"]).T
-    logits = g.op("MatMul", [h, g.weight(head, "lm_head", dt)])
+    if LM_HEAD_INPUT in cfg.deployment.extra_inputs:  # bound at run time: [Vout, H]
+        head_name = g.op("Transpose", [LM_HEAD_INPUT], perm=[1, 0])
+    else:
+        # A reduced vocabulary's params hold the sliced head (models/vocab.py: reduce_params).
+        head = np.asarray(params["lm_head"] if "lm_head" in params else params["embed"]).T
+        head_name = g.weight(head, "lm_head", dt)
+    logits = g.op("MatMul", [h, head_name])
     if dt != "float32":
         logits = g.op("Cast", [logits], to=TensorProto.FLOAT)
-    g.op("Reshape", [logits, g.i64(-1, m.vocab_size)], outputs=["logits"])
+    g.op("Reshape", [logits, g.i64(-1, cfg.output_vocab_size)], outputs=["logits"])
