@@ -91,8 +91,11 @@ class XlaRunner(JaxRunner):
     state: RuntimeState | None = None
 
     def start(self, ids: np.ndarray) -> jax.Array:
-        self.state = None  # free the old cache before allocating the new one
-        state = create_state(self.engine.config, self.batch)
+        # A new request reuses the state's buffers (as a server does): a fresh prefill donates
+        # them, so every executable and XLA's recorded command buffers see the same addresses.
+        state, self.state = self.state, None
+        if state is None:
+            state = create_state(self.engine.config, self.batch)
         lengths = np.full(ids.shape[0], ids.shape[1])
         self.state = steps.prefill(self.engine, state, steps.embed(self.engine, ids), lengths)
         return _argmax(self.state.io.logits)
