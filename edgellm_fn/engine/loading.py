@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import EngineConfig, read_json
+from ..defaults import DEFAULTS
 from ..errors import ConfigError
 from ..models.loader import load_checkpoint
 from .protocol import Engine
@@ -22,9 +23,9 @@ def load_engine(
     path: str | Path,
     *,
     provider: str | None = None,
-    max_batch_size: int = 4,
-    max_input_len: int = 256,
-    kv_capacity: int = 512,
+    max_batch_size: int = DEFAULTS["max_batch_size"],
+    max_input_len: int = DEFAULTS["max_input_len"],
+    kv_capacity: int = DEFAULTS["kv_capacity"],
     dtype: str | None = None,
     kernels: str | None = None,
 ) -> Engine:
