@@ -3,23 +3,105 @@
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
+import math
+import os
+import re
 import sys
 from pathlib import Path
 
+from .config import LIMITS
+from .defaults import DEFAULTS, FLAGS, MAX_SEED
 from .dtypes import FLOAT_DTYPES
 from .engine.providers import CHOICES, PROVIDER_HELP, TENSORRT_BUILDERS
 from .errors import ConfigError, InputError
 
+GENERATE_HELP = f"""\
+Generate text for one --prompt or for every request of an --input-file (Edge-LLM request JSON).
 
-def _add_limits(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-batch", type=int, default=4, help="xla: max batch size")
-    p.add_argument("--max-input-len", type=int, default=256, help="xla: longest prompt")
-    p.add_argument("--kv-capacity", type=int, default=512, help="xla: KV slots per row")
-    p.add_argument("--dtype", choices=FLOAT_DTYPES, default=None)
-    p.add_argument("--provider", choices=CHOICES, default=None, help=PROVIDER_HELP)
+Output: with --prompt, the text is streamed to stdout as plain text (--json prints the response
+JSON instead); with --input-file, the response JSON goes to stdout. --output-file writes the
+response JSON to a file in either mode. A note on stderr says when a row stopped because its KV
+cache was full rather than at --max-new-tokens.
+
+Sampling: greedy unless asked otherwise. Any of --temperature, --top-p, --top-k turns sampling
+on; the others then default to temperature {DEFAULTS["temperature"]:g}, \
+top-p {DEFAULTS["top_p"]:g} and top-k {DEFAULTS["top_k"]} (off).
+--temperature 0 or --top-k 1 is greedy.
+
+With --input-file, a flag given on the command line overrides the file's top-level field:
+--max-new-tokens (max_generate_length), --temperature, --top-p, --top-k, --batch-size
+(batch_size), --chat/--no-chat (apply_chat_template). Fields the file and the flags both leave
+out take the defaults shown below, the same as the Python API's (edgellm_fn.defaults).
+"""
+
+
+def _int_arg(low: int, high: int | None = None):
+    """An argparse type: an integer in ``[low, high]`` (argparse names the flag on error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            bound = f"{low}..{high}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"{value} (expected an integer {bound})")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _float_arg(low: float, high: float | None = None, *, open_low: bool = False):
+    """An argparse type: a finite number in ``[low, high]`` (``(low, high]`` with open_low)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        too_low = value <= low if open_low else value < low
+        if not math.isfinite(value) or too_low or (high is not None and value > high):
+            left = "(" if open_low else "["
+            bound = f"in {left}{low:g}, {high:g}]" if high is not None else f">= {low:g}"
+            raise argparse.ArgumentTypeError(f"{text} (expected a finite number {bound})")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _add_limits(p: argparse.ArgumentParser, *, provider_required: bool = False) -> None:
+    """The engine limit flags, with the one set of defaults (``defaults.DEFAULTS``)."""
+    size = _int_arg(1)
+    xla = "" if provider_required else "xla: "  # an engine directory has its built limits
     p.add_argument(
-        "--vocab-map", default=None, help="xla: a reduced vocabulary (`reduce-vocab --out` DIR)"
+        "--max-batch",
+        type=size,
+        default=DEFAULTS["max_batch_size"],
+        help=f"{xla}max batch size (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-input-len",
+        type=size,
+        default=DEFAULTS["max_input_len"],
+        help=f"{xla}longest prompt in tokens (default: %(default)s)",
+    )
+    p.add_argument(
+        "--kv-capacity",
+        type=size,
+        default=DEFAULTS["kv_capacity"],
+        help=f"{xla}KV slots per row: prompt + generated tokens (default: %(default)s)",
+    )
+    p.add_argument(
+        "--dtype", choices=FLOAT_DTYPES, default=None, help="default: the checkpoint's dtype"
+    )
+    p.add_argument(
+        "--provider", choices=CHOICES, required=provider_required, default=None, help=PROVIDER_HELP
+    )
+    p.add_argument(
+        "--vocab-map", default=None, help="a reduced vocabulary (`reduce-vocab --out` DIR)"
     )
 
 
@@ -50,9 +132,79 @@ def _lora_paths(args, batch) -> dict[str, str]:
     return paths
 
 
+def _check_prompt_text(text: str) -> None:
+    """Undecodable bytes in argv arrive as lone surrogates (``surrogateescape``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raw = os.fsencode(text[e.start : e.end]) if text[e.start] >= "\udc80" else b""
+        raise InputError(
+            f"generate: --prompt has an undecodable character at index {e.start} "
+            f"{raw or text[e.start]!r} (expected UTF-8 text); check the terminal's encoding"
+        ) from None
+
+
+def _check_output_file(path: str, input_file: str | None) -> None:
+    """Refuses an output path that cannot be written (checked before the model is loaded)."""
+    out = Path(path)
+    if out.is_dir():
+        raise InputError(f"generate: --output-file={path!r} is a directory (expected a file path)")
+    parent = out.absolute().parent
+    if not parent.is_dir():
+        raise InputError(
+            f"generate: --output-file={path!r}: directory {str(parent)!r} does not exist "
+            "(expected an existing directory); create it first"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise InputError(
+            f"generate: --output-file={path!r} cannot be written (expected a writable file in a "
+            "writable directory)"
+        )
+    if input_file is not None and out.resolve() == Path(input_file).resolve():
+        raise InputError(
+            f"generate: --output-file={path!r} is the --input-file (expected another path); "
+            "the request file would be overwritten"
+        )
+
+
+def _request_batch(args):
+    """The request file (flags override its top-level fields) or the one --prompt request."""
+    from .text.requests import Request, RequestBatch, load_requests
+
+    if args.input_file:
+        batch = load_requests(args.input_file)
+        overrides = {
+            "max_generate_length": args.max_new_tokens,
+            "temperature": args.temperature,
+            "top_p": args.top_p,
+            "top_k": args.top_k,
+            "batch_size": args.batch_size,
+            "apply_chat_template": args.chat,
+        }
+        return dataclasses.replace(batch, **{k: v for k, v in overrides.items() if v is not None})
+    _check_prompt_text(args.prompt)
+    return RequestBatch(
+        batch_size=args.batch_size,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_generate_length=args.max_new_tokens or DEFAULTS["max_new_tokens"],
+        apply_chat_template=DEFAULTS["apply_chat_template"] if args.chat is None else args.chat,
+        requests=[
+            Request(
+                messages=[{"role": "user", "content": args.prompt}],
+                stop=[],
+                logit_bias={},
+                num_logprobs=0,
+                lora_name=args.lora_name or None,
+            )
+        ],
+    )
+
+
 def cmd_generate(args) -> int:
     from .runtime.generate import generate
-    from .text.requests import Request, RequestBatch, load_requests, responses_json
+    from .text.requests import responses_text
     from .text.tokenizer import Tokenizer
 
     if (args.prompt is None) == (args.input_file is None):
@@ -62,26 +214,9 @@ def cmd_generate(args) -> int:
             "generate: --lora-name with --input-file (expected --prompt); a request file names "
             "each request's adapter in its lora_name field"
         )
-    if args.input_file:
-        batch = load_requests(args.input_file)
-    else:
-        batch = RequestBatch(
-            batch_size=None,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            max_generate_length=args.max_new_tokens,
-            apply_chat_template=args.chat,
-            requests=[
-                Request(
-                    messages=[{"role": "user", "content": args.prompt}],
-                    stop=[],
-                    logit_bias={},
-                    num_logprobs=0,
-                    lora_name=args.lora_name or None,
-                )
-            ],
-        )
+    if args.output_file is not None:
+        _check_output_file(args.output_file, args.input_file)
+    batch = _request_batch(args)  # every input is checked before the model is loaded
     from .runtime.lora import load_lora_bank, lora_limits
 
     paths = _lora_paths(args, batch)
@@ -91,31 +226,41 @@ def cmd_generate(args) -> int:
     prompts = [
         encode_request(tokenizer, r.messages, batch.apply_chat_template) for r in batch.requests
     ]
-    streaming = args.output_file is None and len(prompts) == 1 and args.loop == "python"
+    plain = args.prompt is not None and not args.json
+    temperature, top_p, top_k = batch.sampling()
     completions = generate(
         engine,
         tokenizer,
         prompts,
         max_new_tokens=batch.max_generate_length,
-        temperature=batch.temperature,
-        top_p=batch.top_p,
-        top_k=batch.top_k,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
         logit_bias=[r.logit_bias for r in batch.requests],
         num_logprobs=[r.num_logprobs for r in batch.requests],
         stop=[r.stop for r in batch.requests],
         seed=args.seed,
         batch_size=batch.batch_size,
         loop=args.loop,
-        on_text=(lambda i, s: print(s, end="", flush=True, file=sys.stderr)) if streaming else None,
+        on_text=(lambda i, s: print(s, end="", flush=True)) if plain else None,
         lora=bank,
         lora_names=[r.lora_name for r in batch.requests],
     )
-    if streaming:
-        print(file=sys.stderr)
-    text = json.dumps(responses_json(completions), indent=2, ensure_ascii=False, allow_nan=False)
+    if plain:
+        print()
+    for i, c in enumerate(completions):
+        if c.finish_reason == "length" and c.token_limit < batch.max_generate_length:
+            print(
+                f"edgellm-fn generate: note: request {i} stopped after {len(c.tokens)} tokens, "
+                f"not --max-new-tokens={batch.max_generate_length}: its {c.prompt_tokens}-token "
+                f"prompt and the output filled the KV cache (--kv-capacity="
+                f"{engine.config.kv_capacity}); raise --kv-capacity for longer output",
+                file=sys.stderr,
+            )
+    text = responses_text(completions)
     if args.output_file:
-        Path(args.output_file).write_text(text + "\n")
-    else:
+        Path(args.output_file).write_text(text + "\n", encoding="utf-8")
+    elif not plain:
         print(text)
     return 0
 
@@ -160,8 +305,9 @@ def cmd_bench(args) -> int:
 def cmd_build(args) -> int:
     from rich.progress import Progress
 
-    from .engine.callback.build import build_engine
+    from .engine.callback.build import build_engine, check_out_dir
 
+    check_out_dir(Path(args.model), Path(args.out))  # before the progress bar starts
     with Progress(transient=True) as bar:
         task = bar.add_task("build", total=1.0)
         out = build_engine(
@@ -196,23 +342,68 @@ def cmd_demo(args) -> int:
     return run_demo(model=args.model)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``edgellm-fn`` argument parser (every subcommand)."""
-    parser = argparse.ArgumentParser(prog="edgellm-fn", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    g = sub.add_parser("generate", help="generate text for a prompt or a request file")
+def _add_generate(sub) -> None:
+    g = sub.add_parser(
+        "generate",
+        help="generate text for a prompt or a request file",
+        description=GENERATE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     g.add_argument("--model", required=True, help="checkpoint or engine directory")
-    g.add_argument("--prompt")
-    g.add_argument("--input-file", help="Edge-LLM request JSON")
-    g.add_argument("--output-file", help="response JSON (stdout when omitted)")
-    g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=1, help="1 = greedy (default), 0 = off")
-    g.add_argument("--no-chat", dest="chat", action="store_false", help="skip the chat template")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--loop", choices=["python", "while"], default="python")
+    g.add_argument("--prompt", help="one prompt; its text is streamed to stdout")
+    g.add_argument("--input-file", help="Edge-LLM request JSON (flags override its fields)")
+    g.add_argument("--output-file", help="write the response JSON here (its directory must exist)")
+    g.add_argument(
+        "--json", action="store_true", help="with --prompt: print the response JSON, not the text"
+    )
+    g.add_argument(
+        "--max-new-tokens",
+        type=_int_arg(1, LIMITS["max_kv_cache_capacity"]),
+        help=f"tokens to generate per request, at most what the KV cache holds (default: "
+        f"{DEFAULTS['max_new_tokens']}, or the file's max_generate_length)",
+    )
+    g.add_argument(
+        "--temperature",
+        type=_float_arg(0.0),
+        help=f"sampling temperature; 0 is greedy (default: greedy; {DEFAULTS['temperature']:g} "
+        "once another sampling flag is given)",
+    )
+    g.add_argument(
+        "--top-p",
+        type=_float_arg(0.0, 1.0, open_low=True),
+        help=f"nucleus sampling in (0, 1] (default: {DEFAULTS['top_p']:g}, off)",
+    )
+    g.add_argument(
+        "--top-k",
+        type=_int_arg(0, LIMITS["vocab_size"]),
+        help=f"sample among the k most likely ids; 1 is greedy, 0 is off (default: greedy; "
+        f"{DEFAULTS['top_k']} once another sampling flag is given)",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=_int_arg(1),
+        help="requests per batch (default: --max-batch, or the file's batch_size)",
+    )
+    g.add_argument(
+        "--chat",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="apply the checkpoint's chat template (default: on when it has one, or the "
+        "file's apply_chat_template)",
+    )
+    g.add_argument(
+        "--seed",
+        type=_int_arg(0, MAX_SEED),
+        default=DEFAULTS["seed"],
+        help="PRNG seed, 0..2**63-1 (default: %(default)s)",
+    )
+    g.add_argument(
+        "--loop",
+        choices=["python", "while"],
+        default=DEFAULTS["loop"],
+        help="python: streams, stops early on stop strings; while: one jitted loop (default: "
+        "%(default)s)",
+    )
     g.add_argument(
         "--lora",
         action="append",
@@ -222,6 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lora-name", help="the --lora adapter the --prompt runs on")
     _add_limits(g)
     g.set_defaults(fn=cmd_generate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``edgellm-fn`` argument parser (every subcommand)."""
+    parser = argparse.ArgumentParser(prog="edgellm-fn", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
 
     i = sub.add_parser("inspect", help="print the engine spec: bindings, shapes, profiles")
     i.add_argument("--model", required=True)
@@ -238,21 +436,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     bl = sub.add_parser("build", help="export and build an engine directory")
     bl.add_argument("--model", required=True, help="checkpoint directory")
-    bl.add_argument("--out", required=True, help="engine directory to write")
-    bl.add_argument("--provider", choices=CHOICES, required=True, help=PROVIDER_HELP)
+    bl.add_argument(
+        "--out",
+        required=True,
+        help="engine directory to write: new or empty, outside the checkpoint (never overwritten)",
+    )
     bl.add_argument(
         "--builder",
         choices=TENSORRT_BUILDERS,
         default=None,
         help="tensorrt: NVIDIA TensorRT (default) or TensorRT-RTX",
     )
-    bl.add_argument("--max-batch", type=int, default=4)
-    bl.add_argument("--max-input-len", type=int, default=128)
-    bl.add_argument("--kv-capacity", type=int, default=256)
-    bl.add_argument("--dtype", choices=FLOAT_DTYPES, default=None)
-    bl.add_argument("--max-lora-rank", type=int, default=0, help="LoRA bank rank (0: no LoRA)")
-    bl.add_argument("--max-loras", type=int, default=0, help="LoRA adapter slots")
-    bl.add_argument("--vocab-map", default=None, help="a reduced vocabulary (`reduce-vocab` DIR)")
+    _add_limits(bl, provider_required=True)
+    bl.add_argument(
+        "--max-lora-rank", type=_int_arg(0), default=0, help="LoRA bank rank (0: no LoRA)"
+    )
+    bl.add_argument("--max-loras", type=_int_arg(0), default=0, help="LoRA adapter slots")
     bl.set_defaults(fn=cmd_build)
 
     rv = sub.add_parser(
@@ -260,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rv.add_argument("--model", required=True, help="checkpoint directory")
     rv.add_argument("--input-file", required=True, help="Edge-LLM request JSON")
-    rv.add_argument("--size", type=int, required=True, help="ids to keep")
+    rv.add_argument("--size", type=_int_arg(1), required=True, help="ids to keep")
     rv.add_argument("--out", required=True, help="directory for vocab_map.safetensors")
     rv.set_defaults(fn=cmd_reduce_vocab)
 
@@ -270,12 +469,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Internal names that appear in error messages, and the ``FLAGS`` key of the flag that sets it.
+_NAMES = {
+    "max_input_len": "max_input_len",
+    "max_kv_cache_capacity": "kv_capacity",
+    "kv_capacity": "kv_capacity",
+    "kv capacity": "kv_capacity",
+    "max_batch_size": "max_batch_size",
+    "max_generate_length": "max_new_tokens",
+    "max_new_tokens": "max_new_tokens",
+    "batch_size": "batch_size",
+}
+
+
+def flag_hint(message: str, parser: argparse.ArgumentParser) -> str:
+    """``"; ..."`` naming the flags that set the internal names in ``message`` ("" if none)."""
+    options = {s for a in parser._actions for s in a.option_strings}
+    hints = []
+    for name, key in _NAMES.items():
+        flag = FLAGS[key]
+        if (
+            flag in options
+            and flag not in message
+            and re.search(rf"(?<!\w){re.escape(name)}\b", message)
+            and f"{flag}" not in " ".join(hints)
+        ):
+            hints.append(f"{name} is set by {flag}")
+    return f" [{'; '.join(hints)}]" if hints else ""
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return args.fn(args)
     except (ConfigError, InputError, ValueError) as e:
-        print(f"edgellm-fn {args.command}: error: {e}", file=sys.stderr)
+        sub = next(a for a in parser._actions if a.dest == "command").choices[args.command]
+        print(f"edgellm-fn {args.command}: error: {e}{flag_hint(str(e), sub)}", file=sys.stderr)
         return 2
 
 

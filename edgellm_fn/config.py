@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .defaults import DEFAULTS
 from .dtypes import FLOAT_DTYPES
 from .errors import ConfigError, show
 
@@ -355,9 +356,9 @@ class EngineConfig:
         cls,
         model: ModelConfig,
         *,
-        max_batch_size: int = 4,
-        max_input_len: int = 128,
-        kv_capacity: int = 256,
+        max_batch_size: int = DEFAULTS["max_batch_size"],
+        max_input_len: int = DEFAULTS["max_input_len"],
+        kv_capacity: int = DEFAULTS["kv_capacity"],
         dtype: str | None = None,
         kv_dtype: str | None = None,
         max_state_bytes: int | None = None,

@@ -8,6 +8,7 @@ import pytest
 
 import edgellm_fn as ef
 from edgellm_fn.config import ModelConfig
+from edgellm_fn.defaults import DEFAULTS
 
 BASE = {
     "architectures": ["LlamaForCausalLM"],
@@ -110,7 +111,7 @@ def test_engine_limits_are_checked():
     with pytest.raises(ef.ConfigError, match=r"max_batch_size=0 \(expected an integer >= 1\)"):
         ef.EngineConfig.create(cfg, max_batch_size=0)
     engine_json = {**BASE, **ef.EngineConfig.create(cfg).to_dict()}
-    assert ef.EngineConfig.from_dict(engine_json).kv_capacity == 256
+    assert ef.EngineConfig.from_dict(engine_json).kv_capacity == DEFAULTS["kv_capacity"]
     with pytest.raises(ef.ConfigError, match=r"missing required field 'builder_config'"):
         ef.EngineConfig.from_dict(BASE)
     bad = {**engine_json, "builder_config": {"max_batch_size": 1, "max_input_len": 8}}
@@ -245,12 +246,14 @@ def test_kv_cache_bytes_and_the_memory_bound():
     rope, embeds, logits = 256 * 16 * 4, 4 * 64 * 64 * 2, 4 * 100 * 4
     assert ecfg.state_bytes() == ecfg.kv_cache_bytes() + rope + embeds + logits
     need = ecfg.state_bytes()
-    assert ef.EngineConfig.create(cfg, max_input_len=64, max_state_bytes=need) == ecfg
+    assert (
+        ef.EngineConfig.create(cfg, max_input_len=64, kv_capacity=256, max_state_bytes=need) == ecfg
+    )
     with pytest.raises(
         ef.ConfigError,
         match=rf"EngineConfig: state_bytes={need} \(expected <= {need - 1}, the max_state_bytes argument\); the KV cache alone is 262144 bytes = 2 x 2 layers x max_batch_size=4 x 2 kv heads x kv_capacity=256 x head_dim=16 x 2 bytes \(bfloat16\); lower max_batch_size or kv_capacity",
     ):
-        ef.EngineConfig.create(cfg, max_input_len=64, max_state_bytes=need - 1)
+        ef.EngineConfig.create(cfg, max_input_len=64, kv_capacity=256, max_state_bytes=need - 1)
     # The default bound comes from the device (host memory on CPU): a 1M-token cache of a
     # 128-layer model cannot fit, and the message says how much was asked for.
     big = parse(num_hidden_layers=128, num_key_value_heads=4, head_dim=1024)

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..defaults import DEFAULTS
 from ..engine.providers import CHOICES, PROVIDER_HELP
 
 if TYPE_CHECKING:  # importing this package stays light (the CLI parser imports it)
@@ -63,7 +64,11 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", type=int, nargs="+", help="tokens prefilled before decoding")
     p.add_argument("--steps", type=int, help="timed decode steps per row (median reported)")
     p.add_argument("--warmup", type=int, help="untimed decode steps before timing")
-    p.add_argument("--kv-capacity", type=int, help="KV slots per row")
+    p.add_argument(
+        "--kv-capacity",
+        type=int,
+        help=f"KV slots per row (default: the preset's; {DEFAULTS['kv_capacity']} with --model)",
+    )
     p.add_argument(
         "--peers",
         help="comma-separated subset of hf,hf-compile,naive ('' for none; default: preset's)",
@@ -74,8 +79,18 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", help="JSON rows (rewritten after every row); PNG plot beside it")
     p.add_argument("--plot", help="PNG path (default: --output with .png)")
     p.add_argument("--provider", choices=CHOICES, default=None, help=PROVIDER_HELP)
-    p.add_argument("--max-batch", type=int, default=4, help="--model: max batch size")
-    p.add_argument("--max-input-len", type=int, default=256, help="--model: longest prompt")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=DEFAULTS["max_batch_size"],
+        help="--model: max batch size (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-input-len",
+        type=int,
+        default=DEFAULTS["max_input_len"],
+        help="--model: longest prompt (default: %(default)s)",
+    )
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -133,7 +148,7 @@ def _run_model(args: argparse.Namespace) -> int:
         provider=args.provider,
         max_batch_size=args.max_batch,
         max_input_len=args.max_input_len,
-        kv_capacity=args.kv_capacity or 512,
+        kv_capacity=args.kv_capacity or DEFAULTS["kv_capacity"],
         dtype=args.dtype,
     )
     steps = args.steps if args.steps is not None else 50

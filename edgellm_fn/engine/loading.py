@@ -7,6 +7,7 @@ from pathlib import Path
 import jax.numpy as jnp
 
 from ..config import EngineConfig, read_json
+from ..defaults import DEFAULTS
 from ..errors import ConfigError
 from ..models.loader import load_checkpoint
 from ..models.vocab import load_vocab_map, reduce_params
@@ -25,9 +26,9 @@ def load_engine(
     path: str | Path,
     *,
     provider: str | None = None,
-    max_batch_size: int = 4,
-    max_input_len: int = 256,
-    kv_capacity: int = 512,
+    max_batch_size: int = DEFAULTS["max_batch_size"],
+    max_input_len: int = DEFAULTS["max_input_len"],
+    kv_capacity: int = DEFAULTS["kv_capacity"],
     dtype: str | None = None,
     kernels: str | None = None,
     max_lora_rank: int = 0,

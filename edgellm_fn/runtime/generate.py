@@ -10,17 +10,19 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 import jax
+import numpy as np
 
+from ..defaults import DEFAULTS, MAX_SEED, sampling_values
 from ..engine.protocol import Engine
-from ..errors import InputError
+from ..errors import InputError, show
 from ..state.resources import create_state
-from ..text.stops import find_stop
+from ..text.stops import StopStream, check_stops, find_stop
 from ..text.tokenizer import StreamDecoder, Tokenizer
 from . import loops, steps
 from .lora import LoraBank
 from .prompts import bucket_length as bucket_length
 from .prompts import pad_prompts
-from .sampling import REQUEST_LIMITS, SamplingConfig, make_sampling_params
+from .sampling import REQUEST_LIMITS, SamplingConfig, check_sampling_values, make_sampling_params
 from .vocab import reduce_logit_bias
 
 
@@ -30,10 +32,14 @@ class Completion:
 
     Attributes:
       text: generated text (stop string and EOS excluded).
-      tokens: generated ids (EOS included when it ended the row).
+      tokens: generated ids (EOS included when it ended the row; nothing after the token that
+        completed a stop string, with either loop).
       finish_reason: ``"stop"`` (EOS or stop string) or ``"length"``.
       logprobs: per token ``{"token_id", "token", "logprob", "top_logprobs"}``, or None.
       prompt_tokens: number of prompt tokens.
+      token_limit: the row's generation limit: ``max_new_tokens`` clamped to what the KV cache
+        holds after the prompt; ``finish_reason == "length"`` with ``token_limit <
+        max_new_tokens`` means the row stopped because its KV cache was full.
     """
 
     text: str
@@ -41,6 +47,7 @@ class Completion:
     finish_reason: str
     logprobs: list[dict] | None
     prompt_tokens: int
+    token_limit: int = 0
 
 
 def eos_ids_of(engine: Engine, tokenizer: Tokenizer | None) -> tuple[int, ...]:
@@ -56,16 +63,16 @@ def generate(
     tokenizer: Tokenizer,
     prompts: Sequence[Sequence[int]],
     *,
-    max_new_tokens: int = 64,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
+    max_new_tokens: int = DEFAULTS["max_new_tokens"],
+    temperature: float | Sequence[float] | None = None,
+    top_p: float | Sequence[float] | None = None,
+    top_k: int | Sequence[int] | None = None,
     logit_bias: Sequence[dict | None] | None = None,
-    num_logprobs: Sequence[int] | int = 0,
-    stop: Sequence[Sequence[str]] | None = None,
-    seed: int = 0,
+    num_logprobs: Sequence[int] | int = DEFAULTS["num_logprobs"],
+    stop: Sequence[str | Sequence[str] | None] | None = None,
+    seed: int = DEFAULTS["seed"],
     batch_size: int | None = None,
-    loop: str = "python",
+    loop: str = DEFAULTS["loop"],
     on_text: Callable[[int, str], None] | None = None,
     sampling: SamplingConfig = REQUEST_LIMITS,
     lora: LoraBank | None = None,
@@ -73,19 +80,29 @@ def generate(
 ) -> list[Completion]:
     """Generates a completion for each tokenized prompt.
 
+    Every argument is checked for every prompt before the first batch runs, so a bad request
+    fails whole (nothing generated is lost to a later error). Defaults: ``defaults.DEFAULTS``.
+
     Args:
       engine: any provider.
       tokenizer: for detokenization, stop strings and EOS ids.
-      prompts: token ids of each prompt (chat template already applied).
-      max_new_tokens: generation limit, clamped per row to the KV capacity.
-      temperature, top_p, top_k: sampling (``top_k == 1`` or ``temperature == 0``: greedy).
+      prompts: token ids of each prompt (chat template already applied), each in
+        ``[0, vocab_size)``.
+      max_new_tokens: generation limit, clamped per row to the KV capacity (see
+        ``Completion.token_limit``).
+      temperature, top_p, top_k: sampling, one value or one per prompt. Greedy when none is
+        given; once one is, the others default to 1, 1 and 0 (off): ``temperature=0.8`` alone
+        samples (``defaults.sampling_values``). ``top_k == 1`` or ``temperature == 0``: greedy.
       logit_bias: per prompt ``{token_id: bias}`` or None.
       num_logprobs: per prompt (or one for all) number of top log-probabilities, 0..50.
-      stop: per prompt stop strings.
-      seed: PRNG seed; the same seed gives the same tokens with either loop.
-      batch_size: rows per batch (default and maximum: the engine's max batch size).
+      stop: per prompt stop strings (None, one str, or a list of non-empty str).
+      seed: PRNG seed in ``[0, 2**63 - 1]``; the same seed gives the same tokens with either
+        loop.
+      batch_size: rows per batch, ``1..max_batch_size`` (default: the engine's max batch size).
       loop: ``"python"`` (streaming, early stop on stop strings) or ``"while"`` (one jit).
-      on_text: ``on_text(prompt_index, text_delta)`` while streaming (python loop only).
+      on_text: ``on_text(prompt_index, text_delta)``: streamed as tokens arrive with the python
+        loop (never any part of a stop string: text that may begin one is held back until it
+        cannot); with the while loop, called once per prompt with the whole text.
       sampling: the fixed sampling limits (static: one compilation serves every request within
         them); top_k, top_p, temperature, bias and num_logprobs are per-row values.
       lora: the engine's LoRA adapters (``runtime.lora.load_lora_bank``).
@@ -93,25 +110,48 @@ def generate(
         use different adapters).
 
     Raises:
-      InputError: empty or too long prompts, bad sampling values, unknown loop, an unknown
-        ``lora_name``.
+      InputError: an empty, too long or out-of-vocabulary prompt, a per-prompt list whose length
+        is not ``len(prompts)``, bad sampling values, stop strings, seed, batch size or loop, an
+        unknown ``lora_name``.
     """
-    n = len(prompts)
+    n = _check_prompts(engine, prompts)
     cfg = engine.config
+    where = "generate"
     if loop not in ("python", "while"):
-        raise InputError(f"generate: loop={loop!r} (expected 'python' or 'while')")
-    batch_size = batch_size or cfg.max_batch_size
-    if not 1 <= batch_size <= cfg.max_batch_size:
+        raise InputError(f"{where}: loop={show(loop)} (expected 'python' or 'while')")
+    if batch_size is None:
+        batch_size = cfg.max_batch_size
+    if not _is_int(batch_size) or not 1 <= batch_size <= cfg.max_batch_size:
         raise InputError(
-            f"generate: batch_size={batch_size} (expected 1..max_batch_size={cfg.max_batch_size})"
+            f"{where}: batch_size={show(batch_size)} (expected 1..max_batch_size="
+            f"{cfg.max_batch_size}, or None for the largest)"
         )
-    for i, p in enumerate(prompts):
-        if not 1 <= len(p) <= cfg.max_input_len:
-            raise InputError(
-                f"generate: prompt {i} has {len(p)} tokens (expected 1..max_input_len="
-                f"{cfg.max_input_len}); upstream rejects longer prompts too"
-            )
-    lora_names = [None] * n if lora_names is None else list(lora_names)
+    if not _is_int(max_new_tokens) or max_new_tokens < 1:
+        raise InputError(f"{where}: max_new_tokens={show(max_new_tokens)} (expected an int >= 1)")
+    if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
+        raise InputError(f"{where}: seed={show(seed)} (expected an int in [0, 2**63 - 1])")
+    logit_bias = _per_prompt("logit_bias", logit_bias, n, None, scalar=False)
+    nlp = _per_prompt("num_logprobs", num_logprobs, n, 0)
+    stop = [
+        check_stops(s, f"{where}: stop[{i}]")
+        for i, s in enumerate(_per_prompt("stop", stop, n, None, scalar=False))
+    ]
+    temperature, top_p, top_k = sampling_values(temperature, top_p, top_k)
+    values = dict(
+        temperature=_per_prompt("temperature", temperature, n, 0.0),
+        top_p=_per_prompt("top_p", top_p, n, 0.0),
+        top_k=_per_prompt("top_k", top_k, n, 0),
+    )
+    check_sampling_values(  # every prompt at once, on the host: row i is prompt i
+        where,
+        n,
+        vocab_size=cfg.model.vocab_size,
+        logit_bias=logit_bias,
+        num_logprobs=nlp,
+        config=sampling,
+        **values,
+    )
+    lora_names = _per_prompt("lora_names", lora_names, n, None, scalar=False)
     if lora is None and any(lora_names):
         raise InputError(
             f"generate: lora_name={next(x for x in lora_names if x)!r} (expected null: no LoRA "
@@ -119,9 +159,6 @@ def generate(
         )
     if lora is not None:
         lora.indices(lora_names, n, "generate")  # unknown names fail before any batch runs
-    logit_bias = list(logit_bias) if logit_bias is not None else [None] * n
-    nlp = [num_logprobs] * n if isinstance(num_logprobs, int) else list(num_logprobs)
-    stop = [list(s or []) for s in stop] if stop is not None else [[] for _ in range(n)]
     eos = eos_ids_of(engine, tokenizer)
     key = jax.random.PRNGKey(seed)
     out: list[Completion] = []
@@ -131,11 +168,9 @@ def generate(
             _generate_batch(
                 engine,
                 tokenizer,
-                [list(prompts[i]) for i in rows],
+                [[int(t) for t in prompts[i]] for i in rows],
                 max_new_tokens=max_new_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=top_k,
+                **{k: [v[i] for i in rows] for k, v in values.items()},
                 logit_bias=[logit_bias[i] for i in rows],
                 num_logprobs=[nlp[i] for i in rows],
                 stop=[stop[i] for i in rows],
@@ -148,6 +183,80 @@ def generate(
             )
         )
     return out
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _check_prompts(engine: Engine, prompts) -> int:
+    cfg = engine.config
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence | np.ndarray):
+        raise InputError(
+            f"generate: prompts={show(prompts)} (expected a list of token-id lists); encode text "
+            "with tokenizer.encode first"
+        )
+    for i, p in enumerate(prompts):
+        if isinstance(p, (str, bytes)) or not isinstance(p, Sequence | np.ndarray):
+            raise InputError(f"generate: prompts[{i}]={show(p)} (expected a list of token ids)")
+        if not 1 <= len(p) <= cfg.max_input_len:
+            raise InputError(
+                f"generate: prompt {i} has {len(p)} tokens (expected 1..max_input_len="
+                f"{cfg.max_input_len}); upstream rejects longer prompts too"
+            )
+        steps.check_token_ids(p, cfg.model.vocab_size, f"generate: prompts[{i}]")
+    return len(prompts)
+
+
+def _per_prompt(name: str, value, n: int, default, *, scalar: bool = True) -> list:
+    """One value per prompt: ``value`` repeated (a scalar, when ``scalar``), None -> ``default``
+    for all, or a sequence of exactly ``n``."""
+    if value is None:
+        return [default] * n
+    if scalar and not isinstance(value, Sequence | np.ndarray):
+        return [value] * n
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence | np.ndarray):
+        raise InputError(
+            f"generate: {name}={show(value)} (expected None or a list with one entry per prompt)"
+        )
+    if len(value) != n:
+        raise InputError(
+            f"generate: len({name})={len(value)} (expected one entry per prompt, len(prompts)="
+            f"{n}); pass {'one value for all or ' if scalar else ''}a list of len(prompts)"
+        )
+    return list(value)
+
+
+class _RowText:
+    """One row's streamed text: detokenized (EOS skipped), with its stop strings applied."""
+
+    def __init__(self, tokenizer: Tokenizer, stop: list[str], eos: tuple[int, ...]):
+        self.decoder = StreamDecoder(tokenizer)
+        self.stops = StopStream(stop)
+        self.eos = eos
+
+    def push(self, tok: int) -> str:
+        """Adds a token; returns the newly visible text (never part of a stop string)."""
+        if tok in self.eos:
+            return ""
+        return self.stops.push(self.decoder.push(tok))
+
+    @property
+    def stopped(self) -> bool:
+        return self.stops.hit is not None
+
+
+def stop_token_count(
+    tokenizer: Tokenizer, tokens: Sequence[int], stop: list[str], eos: tuple[int, ...]
+) -> int | None:
+    """How many of ``tokens`` the python loop keeps: up to the token that completes a stop
+    string (None when none does), replaying the same streamed detokenization."""
+    row = _RowText(tokenizer, stop, eos)
+    for i, tok in enumerate(tokens):
+        row.push(int(tok))
+        if row.stopped:
+            return i + 1
+    return None
 
 
 def _generate_batch(
@@ -187,19 +296,8 @@ def _generate_batch(
     state = steps.prefill(engine, state, steps.embed(engine, ids), lengths)
     limits = loops.token_limits(engine, lengths, max_new_tokens)
 
-    decoders = [StreamDecoder(tokenizer) for _ in range(b)]
-    texts = [""] * b
-    stopped = [False] * b
-
-    def on_token(row: int, tok: int) -> None:
-        if tok in eos:
-            return
-        texts[row] += decoders[row].push(tok)
-
-    def should_stop(row: int, tok: int) -> bool:
-        hit = find_stop(texts[row], stop[row]) if stop[row] else None
-        stopped[row] = hit is not None
-        return stopped[row]
+    rows = [_RowText(tokenizer, stop[r], eos) for r in range(b)]
+    streamed = [""] * b
 
     if loop == "while":
         _, res = loops.decode_while(
@@ -207,15 +305,12 @@ def _generate_batch(
         )
         res = jax.device_get(res)
     else:
-        streamed = [""] * b
 
         def stream(row: int, tok: int) -> None:
-            on_token(row, tok)
-            if on_text is not None and not stopped[row]:
-                visible = _visible(texts[row], stop[row])
-                if len(visible) > len(streamed[row]):
-                    on_text(row, visible[len(streamed[row]) :])
-                    streamed[row] = visible
+            delta = rows[row].push(tok)
+            if on_text is not None and delta:
+                on_text(row, delta)
+                streamed[row] += delta
 
         _, res = loops.decode_python(
             engine,
@@ -227,35 +322,34 @@ def _generate_batch(
             eos_ids=eos,
             max_new_tokens=max_new_tokens,
             on_token=stream,
-            should_stop=should_stop,
+            should_stop=lambda row, tok: rows[row].stopped,
         )
     out = []
     for r in range(b):
         toks = [int(t) for t in res.tokens[r, : int(res.num_tokens[r])]]
+        if loop == "while" and stop[r]:  # trim to the token that completed the stop string
+            keep = stop_token_count(tokenizer, toks, stop[r], eos)
+            toks = toks if keep is None else toks[:keep]
         text = tokenizer.decode([t for t in toks if t not in eos])
         hit = find_stop(text, stop[r]) if stop[r] else None
         if hit is not None:
             text = text[: hit[0]]
-        reason = "stop" if bool(res.hit_eos[r]) or hit is not None else "length"
+        if on_text is not None and text.startswith(streamed[r]) and len(text) > len(streamed[r]):
+            on_text(r, text[len(streamed[r]) :])  # the held-back tail, or the while loop's text
+        reason = "stop" if hit is not None or (toks and toks[-1] in eos) else "length"
         out.append(
             Completion(
                 text=text,
                 tokens=toks,
                 finish_reason=reason,
                 prompt_tokens=int(lengths[r]),
+                token_limit=int(limits[r]),
                 logprobs=_logprobs(tokenizer, res, r, len(toks), num_logprobs[r])
                 if num_logprobs[r]
                 else None,
             )
         )
     return out
-
-
-def _visible(text: str, stop: list[str]) -> str:
-    """Text safe to stream: hold back a suffix that could still become a stop string."""
-    from ..text.stops import partial_stop_length
-
-    return text[: len(text) - partial_stop_length(text, stop)] if stop else text
 
 
 def _logprobs(tokenizer, res, row: int, n: int, k: int) -> list[dict]:

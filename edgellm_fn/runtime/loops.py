@@ -61,6 +61,12 @@ def step_bucket(max_new_tokens: int) -> int:
     return max(8, 1 << (max_new_tokens - 1).bit_length())
 
 
+def result_width(engine: Engine, max_new_tokens: int) -> int:
+    """``T``, the width of a loop's result: ``step_bucket`` of ``max_new_tokens`` clamped to the
+    KV capacity (no row can generate more)."""
+    return step_bucket(min(max_new_tokens, engine.config.kv_capacity))
+
+
 def token_limits(engine: Engine, prompt_lengths, max_new_tokens: int) -> np.ndarray:
     """``max_new_tokens`` clamped per row to what the KV cache holds (as upstream)."""
     lengths = np.asarray(prompt_lengths, np.int64)
@@ -234,19 +240,23 @@ def decode_while(
 ) -> tuple[RuntimeState, DecodeResult]:
     """Generates up to ``max_new_tokens`` per row in ONE jitted ``lax.while_loop``.
 
-    Static (changing them recompiles): ``config``, ``eos_ids``, ``step_bucket(max_new_tokens)``,
-    the engine config. Dynamic: ``params``, ``key``, ``limits`` ``[B]`` (from ``token_limits``).
+    Static (changing them recompiles): ``config``, ``eos_ids``,
+    ``result_width(engine, max_new_tokens)``, the engine config. Dynamic: ``params``, ``key``,
+    ``limits`` ``[B]`` (from ``token_limits``).
 
     Returns:
       The final state (donated input) and a ``DecodeResult`` of width
-      ``T = step_bucket(max_new_tokens)`` (``PAD`` past each row's tokens).
+      ``T = step_bucket(min(max_new_tokens, kv_capacity))`` (``PAD`` past each row's tokens;
+      no row holds more than the KV capacity, so a larger ``max_new_tokens`` allocates nothing
+      more).
 
     Raises:
       InputError: a donated state, bad limits, or limits past the KV capacity (before donation).
     """
     state = _start(engine, state, config, params, key, limits, max_new_tokens, "decode_while")
     eos = tuple(int(e) for e in eos_ids)
-    state, res = _decode_loop_jit(engine, state, config, eos, num_steps=step_bucket(max_new_tokens))
+    width = result_width(engine, max_new_tokens)
+    state, res = _decode_loop_jit(engine, state, config, eos, num_steps=width)
     return state, res
 
 
@@ -275,17 +285,18 @@ def decode_python(
 
     Returns:
       The final state and the same ``DecodeResult`` as ``decode_while`` (numpy, width
-      ``step_bucket(max_new_tokens)``).
+      ``result_width(engine, max_new_tokens)``).
 
     Raises:
       InputError: as ``decode_while``.
     """
     state = _start(engine, state, config, params, key, limits, max_new_tokens, "decode_python")
+    max_new_tokens = min(max_new_tokens, engine.config.kv_capacity)
     limits = np.minimum(np.asarray(limits, np.int32), max_new_tokens)
     eos_tuple = tuple(int(e) for e in eos_ids)
     eos = set(eos_tuple)
     b, k = state.batch, min(config.max_num_logprobs, state.io.logits.shape[1])
-    width = step_bucket(max_new_tokens)
+    width = result_width(engine, max_new_tokens)
     res = DecodeResult(
         tokens=np.full((b, width), PAD, np.int32),
         logprobs=np.zeros((b, width), np.float32),
@@ -345,6 +356,7 @@ def _start(engine, state, config, params, key, limits, max_new_tokens, where) ->
     steps.check_live(state, where)
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise InputError(f"{where}: max_new_tokens={max_new_tokens!r} (expected an int >= 1)")
+    max_new_tokens = min(max_new_tokens, engine.config.kv_capacity)  # no row holds more
     limits = np.minimum(np.asarray(limits, np.int32), max_new_tokens)
     if limits.shape != (state.batch,):
         raise InputError(

@@ -75,10 +75,12 @@ def save_prefix(state: RuntimeState, row: int, tokens: Sequence[int]) -> PrefixC
       tokens: the ids those slots were computed from (the cache key).
 
     Raises:
-      InputError: bad row, or the row holds fewer tokens than ``tokens``.
+      InputError: bad row, an id outside ``[0, vocab_size)``, or the row holds fewer tokens
+        than ``tokens``.
     """
-    steps.check_live(state, "save_prefix")
-    tokens = tuple(int(t) for t in tokens)
+    steps.check_live(state, "save_prefix", returns_state=False)
+    vocab = state.io.logits.shape[-1]
+    tokens = tuple(int(t) for t in steps.check_token_ids(tokens, vocab, "save_prefix: tokens"))
     if not 0 <= row < state.batch:
         raise InputError(f"save_prefix: row={row} (expected 0 <= row < batch={state.batch})")
     held = int(host.recall(state.kv.lengths)[row])
@@ -146,10 +148,15 @@ class PrefixStore:
 
     Entries are keyed by ``(lora_name, tokens)`` (as upstream keys its system-prompt cache by
     prompt and LoRA name): KV computed under one adapter is never reused for another.
+
+    Args:
+      vocab_size: when given, ``lookup`` refuses ids outside ``[0, vocab_size)``; without it,
+        negative ids (``save_prefix`` checks entries against the state's vocabulary).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, vocab_size: int | None = None) -> None:
         self._entries: dict[tuple[str | None, tuple[int, ...]], PrefixCache] = {}
+        self.vocab_size = vocab_size
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -163,7 +170,13 @@ class PrefixStore:
     ) -> tuple[PrefixCache | None, int]:
         """Returns the entry of adapter ``lora_name`` sharing the longest prefix with ``tokens``
         and how many tokens of it to reuse (at most ``len(tokens) - 1``, so one token is always
-        prefilled)."""
+        prefilled).
+
+        Raises:
+          InputError: a non-integer or negative id, or one ``>= vocab_size`` when set.
+        """
+        vocab = self.vocab_size if self.vocab_size is not None else np.iinfo(np.int64).max
+        tokens = steps.check_token_ids(tokens, vocab, "PrefixStore.lookup: tokens").tolist()
         best, best_n = None, 0
         for (lora, key), entry in self._entries.items():
             if lora != (lora_name or None):
@@ -200,8 +213,8 @@ def prefill_with_prefixes(
 
     Raises:
       InputError: a donated or used state, a prompt count other than the batch, an empty
-        prompt, or a remainder that does not fit ``bucket``, ``max_input_len`` or the KV
-        capacity; all checked before anything is donated.
+        prompt, an id outside ``[0, vocab_size)``, or a remainder that does not fit ``bucket``,
+        ``max_input_len`` or the KV capacity; all checked before anything is donated.
     """
     where = "prefill_with_prefixes"
     steps.check_live(state, where)
@@ -212,6 +225,8 @@ def prefill_with_prefixes(
         )
     if any(len(p) == 0 for p in prompts):
         raise InputError(f"{where}: an empty prompt (expected >= 1 token per row)")
+    for row, p in enumerate(prompts):
+        steps.check_token_ids(p, cfg.model.vocab_size, f"{where}: prompts[{row}]")
     held = host.recall(state.kv.lengths)
     if held.any():
         raise InputError(

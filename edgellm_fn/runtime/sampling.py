@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from edgellm_fn.errors import InputError
+from edgellm_fn.errors import InputError, show
 
 MAX_BIAS_VALUE = 100.0
 MAX_BIAS_ENTRIES = 1024
@@ -258,25 +258,30 @@ REQUEST_LIMITS = SamplingConfig(
 )
 
 
-def _per_row(name: str, value, batch: int) -> list[float]:
-    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
-        return [float(value)] * batch
+def _per_row(where: str, name: str, value, batch: int) -> list[float]:
+    def number(v) -> float:
+        if isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_)):
+            return float(v)
+        raise InputError(f"{where}: {name}={show(v)} (expected a number)")
+
+    if not isinstance(value, Sequence | np.ndarray) or isinstance(value, str):
+        return [number(value)] * batch
     values = list(value)
     if len(values) != batch:
         raise InputError(
-            f"make_sampling_params: len({name})={len(values)} (expected batch_size={batch}); "
+            f"{where}: len({name})={len(values)} (expected batch_size={batch}); "
             "pass one value for all rows or one per row"
         )
-    return [float(v) for v in values]
+    return [number(v) for v in values]
 
 
-def _bias_rows(logit_bias, batch: int, vocab_size: int) -> list[dict[int, float]]:
+def _bias_rows(where: str, logit_bias, batch: int, vocab_size: int) -> list[dict[int, float]]:
     if logit_bias is None:
         return [{} for _ in range(batch)]
     rows = [logit_bias] * batch if isinstance(logit_bias, Mapping) else list(logit_bias)
     if len(rows) != batch:
         raise InputError(
-            f"make_sampling_params: len(logit_bias)={len(rows)} (expected batch_size={batch}); "
+            f"{where}: len(logit_bias)={len(rows)} (expected batch_size={batch}); "
             "pass one {id: bias} mapping for all rows or one per row"
         )
     out = []
@@ -284,7 +289,7 @@ def _bias_rows(logit_bias, batch: int, vocab_size: int) -> list[dict[int, float]
         row = {} if row is None else row
         if len(row) > MAX_BIAS_ENTRIES:
             raise InputError(
-                f"make_sampling_params: len(logit_bias[{b}])={len(row)} "
+                f"{where}: len(logit_bias[{b}])={len(row)} "
                 f"(expected <= {MAX_BIAS_ENTRIES} ids per row)"
             )
         parsed: dict[int, float] = {}
@@ -293,22 +298,22 @@ def _bias_rows(logit_bias, batch: int, vocab_size: int) -> list[dict[int, float]
                 tid = int(key)
             except (TypeError, ValueError):
                 raise InputError(
-                    f"make_sampling_params: logit_bias[{b}] key={key!r} (expected an int token id)"
+                    f"{where}: logit_bias[{b}] key={key!r} (expected an int token id)"
                 ) from None
             if not 0 <= tid < vocab_size:
                 raise InputError(
-                    f"make_sampling_params: logit_bias[{b}] id={tid} "
+                    f"{where}: logit_bias[{b}] id={tid} "
                     f"(expected 0 <= id < vocab_size={vocab_size})"
                 )
             if tid in parsed:
                 raise InputError(
-                    f"make_sampling_params: logit_bias[{b}] id={tid} (expected each id once); "
+                    f"{where}: logit_bias[{b}] id={tid} (expected each id once); "
                     "an int and a string key name the same id"
                 )
             value = float(value)
             if not abs(value) <= MAX_BIAS_VALUE:  # also rejects NaN
                 raise InputError(
-                    f"make_sampling_params: logit_bias[{b}][{tid}]={value} "
+                    f"{where}: logit_bias[{b}][{tid}]={value} "
                     f"(expected |value| <= {MAX_BIAS_VALUE:g})"
                 )
             parsed[tid] = value
@@ -353,32 +358,18 @@ def make_sampling_params(
     Raises:
       InputError: naming the field, the value and the limit.
     """
-    where = "make_sampling_params"
-    _check_int(where, "batch_size", batch_size, 1, None)
-    _check_int(where, "vocab_size", vocab_size, 1, None)
-    ks = _per_row_int(where, "top_k", top_k, batch_size, None)
-    nlp = _per_row_int(where, "num_logprobs", num_logprobs, batch_size, MAX_NUM_LOGPROBS)
-    temps = _per_row("temperature", temperature, batch_size)
-    for b, t in enumerate(temps):
-        if not (t >= 0 and math.isfinite(t)):
-            raise InputError(f"{where}: temperature[{b}]={t} (expected >= 0); use 0 for greedy")
-    ps = _per_row("top_p", top_p, batch_size)
-    for b, p in enumerate(ps):
-        if not 0 < p <= 1:
-            raise InputError(f"{where}: top_p[{b}]={p} (expected 0 < top_p <= 1); 1 turns it off")
-    rows = _bias_rows(logit_bias, batch_size, vocab_size)
-    longest = max(len(r) for r in rows)
-    if config is None:
-        if max_bias_entries is None:
-            max_bias_entries = 0 if longest == 0 else 1 << (longest - 1).bit_length()
-        _check_int(where, "max_bias_entries", max_bias_entries, 0, MAX_BIAS_ENTRIES)
-        config = SamplingConfig(max_num_logprobs=max(nlp), max_bias_entries=max_bias_entries)
-    elif max_bias_entries is not None and max_bias_entries != config.max_bias_entries:
-        raise InputError(
-            f"{where}: max_bias_entries={max_bias_entries} (expected config.max_bias_entries="
-            f"{config.max_bias_entries} or None); the config fixes the bias width"
-        )
-    _check_limits(where, config, ks, nlp, longest)
+    config, (temps, ks, ps, rows) = _host_values(
+        "make_sampling_params",
+        batch_size,
+        vocab_size=vocab_size,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        logit_bias=logit_bias,
+        num_logprobs=num_logprobs,
+        max_bias_entries=max_bias_entries,
+        config=config,
+    )
     ids = np.full((batch_size, config.max_bias_entries), -1, np.int32)
     values = np.zeros((batch_size, config.max_bias_entries), np.float32)
     for b, row in enumerate(rows):
@@ -393,6 +384,61 @@ def make_sampling_params(
         bias_values=jnp.asarray(values),
     )
     return config, params
+
+
+def check_sampling_values(where: str, batch_size: int, **kwargs) -> SamplingConfig:
+    """``make_sampling_params``' checks alone, on the host (no device array is made, so any
+    number of rows can be checked at once without a new shape); returns the config.
+
+    Args:
+      where: names the caller in error messages (``"<where>: temperature[3]=..."``).
+      batch_size, kwargs: as ``make_sampling_params``.
+
+    Raises:
+      InputError: as ``make_sampling_params``.
+    """
+    return _host_values(where, batch_size, **kwargs)[0]
+
+
+def _host_values(
+    where: str,
+    batch_size: int,
+    *,
+    vocab_size: int,
+    temperature: float | Sequence[float] = 1.0,
+    top_p: float | Sequence[float] = 1.0,
+    top_k: int | Sequence[int] = 0,
+    logit_bias=None,
+    num_logprobs: int | Sequence[int] = 0,
+    max_bias_entries: int | None = None,
+    config: SamplingConfig | None = None,
+):
+    _check_int(where, "batch_size", batch_size, 1, None)
+    _check_int(where, "vocab_size", vocab_size, 1, None)
+    ks = _per_row_int(where, "top_k", top_k, batch_size, None)
+    nlp = _per_row_int(where, "num_logprobs", num_logprobs, batch_size, MAX_NUM_LOGPROBS)
+    temps = _per_row(where, "temperature", temperature, batch_size)
+    for b, t in enumerate(temps):
+        if not (t >= 0 and math.isfinite(t)):
+            raise InputError(f"{where}: temperature[{b}]={t} (expected >= 0); use 0 for greedy")
+    ps = _per_row(where, "top_p", top_p, batch_size)
+    for b, p in enumerate(ps):
+        if not 0 < p <= 1:
+            raise InputError(f"{where}: top_p[{b}]={p} (expected 0 < top_p <= 1); 1 turns it off")
+    rows = _bias_rows(where, logit_bias, batch_size, vocab_size)
+    longest = max(len(r) for r in rows)
+    if config is None:
+        if max_bias_entries is None:
+            max_bias_entries = 0 if longest == 0 else 1 << (longest - 1).bit_length()
+        _check_int(where, "max_bias_entries", max_bias_entries, 0, MAX_BIAS_ENTRIES)
+        config = SamplingConfig(max_num_logprobs=max(nlp), max_bias_entries=max_bias_entries)
+    elif max_bias_entries is not None and max_bias_entries != config.max_bias_entries:
+        raise InputError(
+            f"{where}: max_bias_entries={max_bias_entries} (expected config.max_bias_entries="
+            f"{config.max_bias_entries} or None); the config fixes the bias width"
+        )
+    _check_limits(where, config, ks, nlp, longest)
+    return config, (temps, ks, ps, rows)
 
 
 def _per_row_int(where: str, name: str, value, batch: int, high: int | None) -> list[int]:

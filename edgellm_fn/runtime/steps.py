@@ -34,8 +34,46 @@ from ..state.resources import RuntimeState
 
 
 def embed(engine: Engine, tokens: jax.Array) -> jax.Array:
-    """Embedding lookup outside the engine, as upstream: ``[B, S]`` ids → ``[B, S, H]``."""
+    """Embedding lookup outside the engine, as upstream: ``[B, S]`` ids → ``[B, S, H]``.
+
+    Concrete ids (host values, or a ``jax.Array``: one small device read) are checked against
+    the vocabulary; traced ids (inside ``jit``, e.g. sampled ones, in range by construction) are
+    not.
+
+    Raises:
+      InputError: an id outside ``[0, vocab_size)`` (it would read NaN, or wrap if negative).
+    """
+    if not isinstance(tokens, jax.core.Tracer):
+        check_token_ids(tokens, engine.config.model.vocab_size, "embed: tokens")
+    return embed_unchecked(engine, tokens)
+
+
+def embed_unchecked(engine: Engine, tokens: jax.Array) -> jax.Array:
+    """``embed`` without the host-side id check (for ids already checked, or traced)."""
     return jnp.take(engine.embedding, jnp.asarray(tokens, jnp.int32), axis=0)
+
+
+def check_token_ids(ids, vocab_size: int, where: str) -> np.ndarray:
+    """``ids`` as a host int array, every one in ``[0, vocab_size)``.
+
+    Raises:
+      InputError: a non-integer, negative or out-of-vocabulary id (naming its position); an id
+        outside the vocabulary would read past the embedding table (NaN, or wrap if negative).
+    """
+    arr = np.asarray(ids)
+    if arr.size == 0:
+        return arr.astype(np.int64)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(f"{where}: token ids of dtype {arr.dtype} (expected integers)")
+    bad = np.flatnonzero((arr.reshape(-1) < 0) | (arr.reshape(-1) >= vocab_size))
+    if bad.size:
+        pos = np.unravel_index(int(bad[0]), arr.shape)
+        at = "".join(f"[{int(i)}]" for i in pos)
+        raise InputError(
+            f"{where}{at}={int(arr[pos])} (expected a token id 0..{vocab_size - 1}, vocab_size="
+            f"{vocab_size}); the ids come from another tokenizer or are corrupt"
+        )
+    return arr.astype(np.int64)
 
 
 def _finish(state: RuntimeState, io, outputs: dict[str, jax.Array], lengths) -> RuntimeState:
@@ -211,11 +249,13 @@ def decode(engine: Engine, state: RuntimeState, inputs: jax.Array) -> RuntimeSta
     Args:
       engine: any provider.
       state: donated; use the returned state from now on.
-      inputs: ``[B]`` or ``[B, 1]`` int token ids (embedded inside the step: graph-stable), or
-        ``[B, 1, H]`` embedded tokens (copied into ``state.io.inputs_embeds``).
+      inputs: ``[B]`` or ``[B, 1]`` int token ids in ``[0, vocab_size)`` (embedded inside the
+        step: graph-stable; a ``jax.Array`` of ids costs one small device read for the check),
+        or ``[B, 1, H]`` embedded tokens (copied into ``state.io.inputs_embeds``).
 
     Raises:
-      InputError: bad shape/dtype, or a row whose KV cache is full, before anything is donated.
+      InputError: bad shape/dtype, an out-of-vocabulary id, or a row whose KV cache is full,
+        before anything is donated.
     """
     check_live(state, "decode")
     b = state.batch
@@ -227,6 +267,7 @@ def decode(engine: Engine, state: RuntimeState, inputs: jax.Array) -> RuntimeSta
                 f"decode: token ids have shape {list(shape)} (expected [{b}] or [{b}, 1], the "
                 f"state's batch {b}); pass one id per row"
             )
+        check_token_ids(inputs, engine.config.model.vocab_size, "decode: token ids")
     else:
         _, s = _check_embeds(engine, state, inputs, "decode")
         if s != 1:
@@ -247,13 +288,21 @@ def decode(engine: Engine, state: RuntimeState, inputs: jax.Array) -> RuntimeSta
     return new
 
 
-def check_live(state: RuntimeState, where: str) -> None:
+def check_live(state: RuntimeState, where: str, *, returns_state: bool = True) -> None:
     """Raises ``InputError`` when ``state`` was donated to an earlier step (showing the fix).
 
     Args:
       state: any runtime state.
       where: the calling function's name, shown in the message.
+      returns_state: ``where`` returns the next state (the fix shown threads it); False for
+        readers such as ``save_prefix``.
     """
+    fix = (
+        f"thread the returned state: `state = {where}(engine, state, ...)`"
+        if returns_state
+        else f"pass the state the last step returned (`state = decode(engine, state, ...)`; "
+        f"then {where}(state, ...))"
+    )
     for leaf in jax.tree_util.tree_leaves(state):
         if (
             isinstance(leaf, jax.Array)
@@ -261,8 +310,8 @@ def check_live(state: RuntimeState, where: str) -> None:
             and leaf.is_deleted()
         ):
             raise InputError(
-                f"{where}: this state was already donated to an earlier step; thread the returned "
-                f"state: `state = {where}(engine, state, ...)`"
+                f"{where}: this state was already donated to an earlier step (its buffers are "
+                f"deleted); {fix}"
             )
 
 

@@ -7,9 +7,10 @@ Input::
      "requests": [{"messages": [{"role": "user", "content": "..."}],
                    "stop": ["\\n\\n"], "logit_bias": {"42": -100}, "num_logprobs": 2}]}
 
-Output: ``{"responses": [{"output_text", "finish_reason", "logprobs"}]}``. ``top_k: 1`` (the
-default) is greedy. With ``apply_chat_template: false`` the prompt is the messages' contents
-joined with newlines.
+Output: ``{"responses": [{"output_text", "finish_reason", "logprobs"}]}``. Defaults come from
+``defaults.DEFAULTS``: greedy when none of ``temperature``/``top_p``/``top_k`` is given, else
+sampling with the others at 1, 1 and 0 (off); ``top_k: 1`` or ``temperature: 0`` is greedy. With
+``apply_chat_template: false`` the prompt is the messages' contents joined with newlines.
 
 The output is strict JSON (no ``NaN``/``Infinity``): a log-probability of ``-inf`` (a token the
 sampler could not pick) is written as ``MIN_LOGPROB`` (-9999.0, OpenAI's convention), a NaN one
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import LIMITS, get_field, read_json_file
+from ..defaults import DEFAULTS, sampling_values
 from ..errors import InputError, show
 from ..runtime.generate import Completion
 from ..runtime.sampling import MAX_NUM_LOGPROBS
@@ -80,16 +82,24 @@ class Request:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RequestBatch:
     """A parsed input file: batch-wide sampling settings, the LoRA adapters by name
-    (``available_lora_weights``: name -> adapter directory) and the requests."""
+    (``available_lora_weights``: name -> adapter directory) and the requests.
+
+    ``temperature``, ``top_p`` and ``top_k`` are None when the file leaves them out;
+    ``sampling()`` resolves them as ``generate`` does (greedy unless one asks to sample).
+    """
 
     batch_size: int | None
-    temperature: float
-    top_p: float
-    top_k: int
+    temperature: float | None
+    top_p: float | None
+    top_k: int | None
     max_generate_length: int
     apply_chat_template: bool
     requests: list[Request]
     available_lora_weights: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def sampling(self) -> tuple[float, float, int]:
+        """``(temperature, top_p, top_k)`` after ``defaults.sampling_values``."""
+        return sampling_values(self.temperature, self.top_p, self.top_k)
 
 
 def load_requests(
@@ -109,9 +119,11 @@ def _field(obj: dict, key: str, kinds: tuple[type, ...], where: str, default: An
     return get_field(obj, key, kinds, where, error=InputError, default=default)
 
 
-def _number(obj: dict, key: str, where: str, default: float) -> float:
+def _number(obj: dict, key: str, where: str, default: float | None) -> float | None:
     """A finite number (JSON has no NaN/Infinity; Python's parser accepts them anyway)."""
     value = _field(obj, key, (int, float), where, default)
+    if value is None:
+        return None
     number = _finite(value)
     if number is None:
         raise InputError(f"{where}: {key}={show(value)} (expected a finite number)")
@@ -172,21 +184,21 @@ def parse_requests(
         raise InputError(
             f"{where}: batch_size={show(batch_size)} (expected <= {LIMITS['max_batch_size']})"
         )
-    temperature = _number(raw, "temperature", where, 1.0)
-    if temperature < 0:
+    temperature = _number(raw, "temperature", where, None)
+    if temperature is not None and temperature < 0:
         raise InputError(f"{where}: temperature={temperature} (expected >= 0)")
-    top_p = _number(raw, "top_p", where, 1.0)
-    if not 0 < top_p <= 1:
+    top_p = _number(raw, "top_p", where, None)
+    if top_p is not None and not 0 < top_p <= 1:
         raise InputError(f"{where}: top_p={top_p} (expected 0 < top_p <= 1)")
-    top_k = _field(raw, "top_k", (int,), where, 1)
-    if top_k < 0:
+    top_k = _field(raw, "top_k", (int,), where, None)
+    if top_k is not None and top_k < 0:
         raise InputError(f"{where}: top_k={top_k} (expected >= 0; 1 is greedy, 0 is off)")
-    if top_k > MAX_TOKEN_ID + 1:
+    if top_k is not None and top_k > MAX_TOKEN_ID + 1:
         raise InputError(
             f"{where}: top_k={show(top_k)} (expected <= {MAX_TOKEN_ID + 1}); no vocab is that "
             "large, use 0 to turn top-k off"
         )
-    max_len = _field(raw, "max_generate_length", (int,), where, 128)
+    max_len = _field(raw, "max_generate_length", (int,), where, DEFAULTS["max_new_tokens"])
     if max_len < 1:
         raise InputError(f"{where}: max_generate_length={max_len} (expected >= 1)")
     if max_len > generate_length_limit:

@@ -187,7 +187,15 @@ class Tokenizer:
         ``add_special_tokens=False``, as ``transformers`` does.
         """
         if not isinstance(text, str):
-            raise InputError(f"Tokenizer.encode: text={text!r} (expected a str)")
+            raise InputError(f"Tokenizer.encode: text={show(text)} (expected a str)")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InputError(
+                f"Tokenizer.encode: text has a lone surrogate {text[e.start]!r} at index "
+                f"{e.start} (expected valid Unicode text; undecodable bytes in a command line or "
+                "file arrive as lone surrogates)"
+            ) from None
         return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = False) -> str:

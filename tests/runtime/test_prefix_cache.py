@@ -133,3 +133,31 @@ def _donated(engine):
     state = ef.create_state(engine.config, 2)
     ef.decode(engine, state, np.ones((2,), np.int32))
     return state
+
+
+def test_out_of_vocabulary_ids_are_refused_by_save_lookup_and_prefill(engine):
+    store = PrefixStore(vocab_size=128)
+    state = ef.create_state(engine.config, 2)
+    state, _ = prefill_with_prefixes(engine, state, [SYSTEM + [40], [5, 6]], store)
+    with pytest.raises(
+        ef.InputError, match=r"save_prefix: tokens\[3\]=128 \(expected a token id 0..127"
+    ):
+        save_prefix(state, 0, SYSTEM[:3] + [128])
+    store.add(save_prefix(state, 0, SYSTEM))
+    with pytest.raises(
+        ef.InputError, match=r"PrefixStore.lookup: tokens\[1\]=-4 \(expected a token id"
+    ):
+        store.lookup([11, -4])
+    with pytest.raises(
+        ef.InputError, match=r"PrefixStore.lookup: tokens\[0\]=999 \(expected a token id 0..127"
+    ):
+        store.lookup([999])
+    # Row 0 would restore a cached prefix (donating the state) before row 1's ids reach embed:
+    # every prompt is checked first, so the fresh state survives the refusal.
+    fresh = ef.create_state(engine.config, 2)
+    with pytest.raises(
+        ef.InputError, match=r"prefill_with_prefixes: prompts\[1\]\[2\]=300 \(expected a token id"
+    ):
+        prefill_with_prefixes(engine, fresh, [SYSTEM + [41], [5, 6, 300]], store)
+    fresh, reused = prefill_with_prefixes(engine, fresh, [SYSTEM + [41], [5, 6, 7]], store)
+    assert reused == [10, 0]

@@ -92,3 +92,30 @@ def test_reusing_a_donated_state_names_the_fix(engine):
     ef.decode(engine, state, ef.embed(engine, np.ones((2, 1), np.int32)))
     with pytest.raises(ef.InputError, match=r"already donated.*state = decode\(engine, state"):
         ef.decode(engine, state, ef.embed(engine, np.ones((2, 1), np.int32)))
+
+
+@pytest.mark.parametrize(
+    ("ids", "match"),
+    [
+        ([[3, 128]], r"embed: tokens\[0\]\[1\]=128 \(expected a token id 0..127, vocab_size=128\)"),
+        ([[-1, 3]], r"embed: tokens\[0\]\[0\]=-1 \(expected a token id 0..127"),  # would wrap
+        ([[1.0]], r"embed: tokens: token ids of dtype float(64|32) \(expected integers\)"),
+    ],
+)
+def test_embed_refuses_ids_outside_the_vocabulary(engine, ids, match):
+    with pytest.raises(ef.InputError, match=match):
+        ef.embed(engine, np.array(ids))
+    with pytest.raises(ef.InputError, match=match):
+        ef.embed(engine, jnp.asarray(ids))  # a device array: checked too (one small read)
+
+
+@pytest.mark.parametrize("bad", [128, -1, 2**31 - 1])
+def test_decode_refuses_out_of_vocabulary_ids_before_donation(engine, bad):
+    state = _prefilled(engine)
+    for ids in (np.array([1, bad]), jnp.asarray([[1], [bad]], jnp.int32)):
+        with pytest.raises(
+            ef.InputError,
+            match=rf"decode: token ids\[1\](\[0\])?={bad} \(expected a token id 0..127",
+        ):
+            ef.decode(engine, state, ids)
+    _still_usable(engine, state)

@@ -48,6 +48,11 @@ def _report():
     TALLY.report()
 
 
+def _first_dict(items) -> dict:
+    """``items[0]`` when it is a dict in a non-empty list, else a scratch dict."""
+    return items[0] if isinstance(items, list) and items and isinstance(items[0], dict) else {}
+
+
 @settings(
     max_examples=200,
     deadline=None,
@@ -58,16 +63,8 @@ def _report():
 def test_mutated_requests_parse_or_name_the_field(tmp_path, mutations):
     raw = copy.deepcopy(VALID)
     for level, key, value in mutations:
-        target = {
-            "top": raw,
-            "req": raw["requests"][0] if isinstance(raw.get("requests"), list) else {},
-            "msg": raw["requests"][0]["messages"][0]
-            if isinstance(raw.get("requests"), list)
-            and isinstance(raw["requests"][0].get("messages"), list)
-            and raw["requests"][0]["messages"]
-            and isinstance(raw["requests"][0]["messages"][0], dict)
-            else {},
-        }[level]
+        req = _first_dict(raw.get("requests"))
+        target = {"top": raw, "req": req, "msg": _first_dict(req.get("messages"))}[level]
         if value is MISSING:
             target.pop(key, None)
         else:
@@ -84,7 +81,11 @@ def test_mutated_requests_parse_or_name_the_field(tmp_path, mutations):
         return
     TALLY.add("ok")
     assert 1 <= batch.max_generate_length <= MAX_GENERATE_LENGTH
-    assert math.isfinite(batch.temperature) and batch.temperature >= 0
+    assert batch.temperature is None or (
+        math.isfinite(batch.temperature) and batch.temperature >= 0
+    )
+    temperature, top_p, top_k = batch.sampling()
+    assert temperature >= 0 and 0 < top_p <= 1 and top_k >= 0
     for r in batch.requests:
         for m in r.messages:
             (m["role"] + m["content"]).encode("utf-8")  # no lone surrogate got through

@@ -7,6 +7,7 @@ with ``builder="tensorrt-rtx"`` or the alias provider ``tensorrt-rtx``). ``xla``
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ...config import EngineConfig
+from ...defaults import DEFAULTS
 from ...errors import ConfigError
 from ...models.loader import load_checkpoint
 from ...models.onnx.export import export_onnx
@@ -30,9 +32,9 @@ def build_engine(
     ckpt_dir: str | Path,
     out_dir: str | Path,
     provider: str,
-    max_batch: int = 4,
-    max_input_len: int = 128,
-    kv_capacity: int = 256,
+    max_batch: int = DEFAULTS["max_batch_size"],
+    max_input_len: int = DEFAULTS["max_input_len"],
+    kv_capacity: int = DEFAULTS["kv_capacity"],
     *,
     dtype: str | None = None,
     builder: str | None = None,
@@ -47,7 +49,8 @@ def build_engine(
 
     Args:
       ckpt_dir: checkpoint (``config.json``, ``*.safetensors``, tokenizer files).
-      out_dir: engine directory to write (created; existing files are overwritten).
+      out_dir: engine directory to write: new or empty, outside the checkpoint (never
+        overwrites a file; see ``check_out_dir``).
       provider: ``"onnxruntime"`` or ``"tensorrt"`` (or an alias: ``"onnx"``,
         ``"tensorrt-rtx"``; see ``providers.ALIASES``).
       max_batch, max_input_len, kv_capacity: built limits (``builder_config``).
@@ -67,8 +70,8 @@ def build_engine(
       ``out_dir``.
 
     Raises:
-      ConfigError: unknown provider or builder, invalid limits, or a model the export cannot
-        express.
+      ConfigError: unknown provider or builder, an ``out_dir`` that ``check_out_dir`` refuses,
+        invalid limits, or a model the export cannot express.
       EngineError: the TensorRT package is missing or refuses to build.
     """
     provider, alias_builder = resolve_provider(provider, "build")
@@ -89,6 +92,7 @@ def build_engine(
         raise ConfigError(f"build: builder={builder!r} (expected None for provider {provider!r})")
     report = progress or (lambda stage, fraction: None)
     ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
+    check_out_dir(ckpt_dir, out_dir)
     report("loading checkpoint", 0.0)
     model, params = load_checkpoint(ckpt_dir, dtype)
     ids = None if vocab_map is None else load_vocab_map(vocab_map, model)
@@ -141,3 +145,34 @@ def build_engine(
     )
     report("done", 1.0)
     return out_dir
+
+
+def check_out_dir(ckpt_dir: Path, out_dir: Path) -> None:
+    """Refuses an engine directory that would overwrite a file the user has (checked first).
+
+    Raises:
+      ConfigError: ``out_dir`` is the checkpoint directory or inside it, exists and is not an
+        empty directory, or cannot be created (its nearest existing parent is not a writable
+        directory).
+    """
+    ckpt, out = ckpt_dir.resolve(), out_dir.resolve()
+    if out == ckpt or ckpt in out.parents:
+        raise ConfigError(
+            f"build: out={str(out_dir)!r} is inside the checkpoint directory {str(ckpt_dir)!r} "
+            "(expected a directory outside it); the engine's config.json and tokenizer files "
+            "would overwrite the checkpoint's"
+        )
+    if out.exists():
+        if not out.is_dir() or any(out.iterdir()):
+            raise ConfigError(
+                f"build: out={str(out_dir)!r} exists and is not an empty directory (expected a "
+                "new or empty directory; nothing is ever overwritten); remove it or pick another"
+            )
+        parent = out
+    else:
+        parent = next(p for p in out.parents if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"build: out={str(out_dir)!r} cannot be written ({str(parent)!r} is not a writable "
+            "directory); pick a directory you can write"
+        )
