@@ -132,7 +132,7 @@ def test_reduce_vocab_tool_output_reloads_and_runs(checkpoints, tmp_path, capsys
     report = json.loads((out / "reduce_vocab.json").read_text())
     assert report["reduced_vocab_size"] == 12 and report["special_ids"] == [0, 1, 2]
     capsys.readouterr()
-    gen = ["generate", "--model", ckpt, "--vocab-map", str(out), "--prompt", "abc"]
+    gen = ["generate", "--model", ckpt, "--vocab-map", str(out), "--prompt", "abc", "--json"]
     limits = ["--max-batch", "1", "--max-input-len", "32", "--kv-capacity", "64"]
     assert main([*gen, *limits, "--max-new-tokens", "3"]) == 0
     response = json.loads(capsys.readouterr().out)
