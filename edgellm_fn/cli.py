@@ -59,6 +59,10 @@ def cmd_generate(args) -> int:
                 )
             ],
         )
+    if args.draft:
+        from .cli_spec import cmd_generate_spec
+
+        return cmd_generate_spec(args, batch, encode_request)
     engine = _engine(args)
     tokenizer = Tokenizer.from_dir(args.model, vocab_size=engine.config.model.vocab_size)
     prompts = [
@@ -174,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--loop", choices=["python", "while"], default="python")
     _add_limits(g)
+    from .cli_spec import add_spec_arguments
+
+    add_spec_arguments(g)
     g.set_defaults(fn=cmd_generate)
 
     i = sub.add_parser("inspect", help="print the engine spec: bindings, shapes, profiles")

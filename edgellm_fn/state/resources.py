@@ -25,10 +25,12 @@ class SharedResources:
     Attributes:
       kv: the base engine's KV cache.
       rope: ``[ropeB, KVcap, rot]`` float32 cos/sin table.
+      draft_kv: the draft engine's KV cache (speculative decoding), else None.
     """
 
     kv: KVCache
     rope: jax.Array  # [ropeB, KVcap, rot] f32
+    draft_kv: KVCache | None = None
 
     @classmethod
     def create_for_llm(cls, cfg: EngineConfig, batch: int) -> SharedResources:
@@ -42,6 +44,21 @@ class SharedResources:
             dtype(cfg.kv_dtype).jnp,
         )
         return cls(kv=kv, rope=rope_table(m.rope, cfg.kv_capacity))
+
+    @classmethod
+    def create_for_spec_decode(cls, bundle, batch: int) -> SharedResources:
+        """Base and draft KV caches and ONE RoPE table (``bundle``: a ``SpecDecodeConfig``)."""
+        cfg, d = bundle.base, bundle.draft
+        res = cls.create_for_llm(cfg, batch)
+        draft_kv = KVCache.create(
+            batch,
+            d.num_layers,
+            d.num_key_value_heads,
+            cfg.kv_capacity,
+            d.head_dim,
+            dtype(cfg.kv_dtype).jnp,
+        )
+        return dataclasses.replace(res, draft_kv=draft_kv)
 
 
 @jax.tree_util.register_dataclass
