@@ -13,11 +13,14 @@ from .engine.spec import EngineSpec as EngineSpec
 from .engine.spec import build_llm_spec as build_llm_spec
 from .engine.tensor_map import build_tensor_map as build_tensor_map
 from .engine.xla import XlaEngine as XlaEngine
+from .engine.xla_spec import load_spec_engines as load_spec_engines
 from .errors import AdapterError as AdapterError
 from .errors import CheckpointError as CheckpointError
 from .errors import ConfigError as ConfigError
 from .errors import EngineError as EngineError
 from .errors import InputError as InputError
+from .models.eagle3 import Eagle3Config as Eagle3Config
+from .models.eagle3 import SpecDecodeConfig as SpecDecodeConfig
 from .models.loader import load_checkpoint as load_checkpoint
 from .models.vocab import load_vocab_map as load_vocab_map
 from .runtime.generate import Completion as Completion
@@ -32,6 +35,15 @@ from .runtime.sampling import SamplingConfig as SamplingConfig
 from .runtime.sampling import SamplingParams as SamplingParams
 from .runtime.sampling import make_sampling_params as make_sampling_params
 from .runtime.sampling import sample as sample
+from .runtime.spec_decode import SpecResult as SpecResult
+from .runtime.spec_decode import accept as accept
+from .runtime.spec_decode import create_spec_state as create_spec_state
+from .runtime.spec_decode import propose as propose
+from .runtime.spec_decode import spec_decode_python as spec_decode_python
+from .runtime.spec_decode import spec_decode_while as spec_decode_while
+from .runtime.spec_decode import spec_prefill as spec_prefill
+from .runtime.spec_decode import verify_tree as verify_tree
+from .runtime.spec_generate import spec_decode_generate as spec_decode_generate
 from .runtime.steps import decode as decode
 from .runtime.steps import embed as embed
 from .runtime.steps import prefill as prefill
@@ -48,6 +60,7 @@ __all__ = [
     "Completion",
     "ConfigError",
     "DeploymentConfig",
+    "Eagle3Config",
     "Engine",
     "EngineConfig",
     "EngineError",
@@ -62,10 +75,14 @@ __all__ = [
     "SamplingConfig",
     "SamplingParams",
     "SharedResources",
+    "SpecDecodeConfig",
+    "SpecResult",
     "Tokenizer",
     "XlaEngine",
+    "accept",
     "build_llm_spec",
     "build_tensor_map",
+    "create_spec_state",
     "create_state",
     "decode",
     "decode_dims",
@@ -77,11 +94,18 @@ __all__ = [
     "load_engine",
     "load_external_weights",
     "load_lora_bank",
+    "load_spec_engines",
     "load_vocab_map",
     "make_sampling_params",
     "pad_prompts",
     "prefill",
     "prefill_dims",
+    "propose",
     "sample",
+    "spec_decode_generate",
+    "spec_decode_python",
+    "spec_decode_while",
+    "spec_prefill",
     "token_limits",
+    "verify_tree",
 ]

@@ -217,6 +217,10 @@ def cmd_generate(args) -> int:
     if args.output_file is not None:
         _check_output_file(args.output_file, args.input_file)
     batch = _request_batch(args)  # every input is checked before the model is loaded
+    if args.draft:
+        from .cli_spec import cmd_generate_spec
+
+        return cmd_generate_spec(args, batch, encode_request)
     from .runtime.lora import load_lora_bank, lora_limits
 
     paths = _lora_paths(args, batch)
@@ -412,6 +416,9 @@ def _add_generate(sub) -> None:
     )
     g.add_argument("--lora-name", help="the --lora adapter the --prompt runs on")
     _add_limits(g)
+    from .cli_spec import add_spec_arguments
+
+    add_spec_arguments(g)
     g.set_defaults(fn=cmd_generate)
 
 

@@ -57,17 +57,22 @@ class Profile:
       batch, seq_len: rows and tokens per row of a step.
       select_len: logit rows per batch row (``last_token_ids`` width).
       start_index_len: ``kvcache_start_index`` length; None means the batch range.
+      attn_mask_seq_len: tree-mask rows (spec decode); None means ``(1, 1)``.
     """
 
     batch: tuple[int, int]
     seq_len: tuple[int, int]
     select_len: tuple[int, int] = (1, 1)
     start_index_len: tuple[int, int] | None = None
+    attn_mask_seq_len: tuple[int, int] | None = None
 
     def range(self, field: str) -> tuple[int, int]:
         """``(min, max)`` of one dynamic ``InferenceDims`` field in this profile."""
         if field == "start_index_len":
             return self.batch if self.start_index_len is None else self.start_index_len
+        if field in ("attn_mask_seq_len", "packed_mask_len"):
+            lo, hi = self.attn_mask_seq_len or (1, 1)
+            return (lo, hi) if field == "attn_mask_seq_len" else ((lo + 31) // 32, (hi + 31) // 32)
         if field not in ("batch", "seq_len", "select_len"):
             raise EngineError(
                 f"Profile: field={field!r} (expected batch, seq_len, select_len or "
@@ -263,3 +268,103 @@ def _lora_bindings(cfg: EngineConfig) -> list[TensorSpec]:
         return []
     out = [TensorSpec(INDEX_BINDING, "in", "int32", (("batch",),))]
     return out + [TensorSpec(n, "in", cfg.dtype, s) for n, s in shapes.items()]
+
+
+def _tree_inputs() -> list[TensorSpec]:
+    """The tree mask and positions of a spec-decode step (DESIGN.md section 3)."""
+    mask = (("batch",), ("attn_mask_seq_len",), ("packed_mask_len",))
+    return [
+        TensorSpec("attention_mask", "in", "int32", mask),
+        TensorSpec("attention_pos_id", "in", "int32", (("batch",), ("attn_mask_seq_len",))),
+    ]
+
+
+@functools.cache
+def build_spec_base_spec(bundle) -> EngineSpec:
+    """The base contract for EAGLE3 spec decoding (``bundle``: a ``SpecDecodeConfig``).
+
+    The LLM contract (profile 1 up to ``max_verify_tree_size`` tokens, a logit row per token)
+    plus the tree inputs ``attention_mask`` ``[B, S, ceil(S/32)]`` / ``attention_pos_id``
+    ``[B, S]`` (profile 0 binds ``[B, 1, 1]`` / ``[B, 1]`` and attends causally) and the output
+    ``hidden_states`` ``[B * S, 3H]`` (the inputs of the draft's feature layers).
+    """
+    llm = build_llm_spec(bundle.base, bundle.max_verify_tree_size)
+    ins = [b for b in llm.bindings if b.io == "in"] + _tree_inputs()
+    hidden = TensorSpec(
+        "hidden_states", "out", bundle.base.dtype, (("batch", "seq_len"), bundle.hidden_dim)
+    )
+    outs = [b for b in llm.bindings if b.io == "out"]
+    p0, p1 = llm.profiles
+    p1 = dataclasses.replace(p1, attn_mask_seq_len=p1.seq_len)
+    return dataclasses.replace(
+        llm, bindings=tuple(ins + outs[:1] + [hidden] + outs[1:]), profiles=(p0, p1)
+    )
+
+
+@functools.cache
+def build_draft_spec(bundle) -> EngineSpec:
+    """The EAGLE3 draft contract (upstream's ``buildRegistryForSpecDecodeDraft``).
+
+    Inputs: ``inputs_embeds`` ``[B, S, Hd]``, ``base_hidden_states`` ``[B, S, 3H]`` and
+    ``draft_hidden_states_in`` ``[B, S, Hd]`` (the draft adds ``fc(base) + draft``; a step binds
+    zeros to the one it does not use), the LLM inputs and the tree inputs, the draft's KV cache.
+    Outputs: ``logits`` ``[B * sel, Vd]`` over the draft vocabulary and
+    ``draft_hidden_states_out`` ``[B * sel, Hd]`` (its hidden state before the final norm).
+    Profile 0 is the draft prefill; profile 1 the proposal (``P`` tokens, ``K`` logit rows) and
+    accept (``A`` tokens, 1 logit row) steps.
+    """
+    cfg, d = bundle.base, bundle.draft
+    batch, seq, sel = ("batch",), ("seq_len",), ("select_len",)
+    bindings = [
+        TensorSpec("inputs_embeds", "in", cfg.dtype, (batch, seq, d.hidden_size)),
+        TensorSpec("base_hidden_states", "in", cfg.dtype, (batch, seq, bundle.hidden_dim)),
+        TensorSpec("draft_hidden_states_in", "in", cfg.dtype, (batch, seq, d.hidden_size)),
+        TensorSpec("context_lengths", "in", "int32", (batch,)),
+        TensorSpec("kvcache_start_index", "in", "int32", (("start_index_len",),)),
+        TensorSpec(
+            "rope_rotary_cos_sin",
+            "in",
+            "float32",
+            (("rope_batch",), ("kv_len",), cfg.model.rope.rotary_dim),
+        ),
+        TensorSpec("last_token_ids", "in", "int32", (batch, sel)),
+        *_tree_inputs(),
+    ]
+    kv_shape = (batch, d.num_key_value_heads, ("kv_len",), d.head_dim)
+    for i in range(d.num_layers):
+        for kind in ("key", "value"):
+            bindings.append(TensorSpec(f"past_{kind}_{i}", "in", cfg.kv_dtype, kv_shape))
+    bindings.append(
+        TensorSpec("logits", "out", "float32", (("batch", "select_len"), d.draft_vocab_size))
+    )
+    bindings.append(
+        TensorSpec(
+            "draft_hidden_states_out", "out", cfg.dtype, (("batch", "select_len"), d.hidden_size)
+        )
+    )
+    aliases = []
+    for i in range(d.num_layers):
+        for kind in ("key", "value"):
+            bindings.append(TensorSpec(f"present_{kind}_{i}", "out", cfg.kv_dtype, kv_shape))
+            aliases.append((f"present_{kind}_{i}", f"past_{kind}_{i}"))
+    batch_range = (1, cfg.max_batch_size)
+    step = max(bundle.proposal_len, bundle.accept_len)
+    profiles = (
+        Profile(
+            batch=batch_range,
+            seq_len=(1, cfg.max_input_len),
+            start_index_len=(0, cfg.max_batch_size),
+        ),
+        Profile(
+            batch=batch_range,
+            seq_len=(1, step),
+            select_len=(1, bundle.tree_topk),
+            attn_mask_seq_len=(1, step),
+        ),
+    )
+    return EngineSpec(
+        bindings=tuple(bindings),
+        profiles=profiles,
+        aliases=tuple(aliases),
+        static_dims=(("kv_len", cfg.kv_capacity), ("rope_batch", 1)),
+    )

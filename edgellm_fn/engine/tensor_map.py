@@ -6,7 +6,9 @@ import jax
 
 from ..models.lora import INDEX_BINDING
 from ..state.io import PipelineIO
+from ..state.kv import KVCache
 from ..state.resources import SharedResources
+from ..state.spec_io import StepInputs
 
 
 def build_tensor_map(
@@ -43,4 +45,40 @@ def build_tensor_map(
     # Validated against the spec when the state was created (engine/inputs.py).
     tensors.update(res.weights or {})
     tensors.update(res.extra or {})
+    return tensors
+
+
+def _spec_step_map(step: StepInputs, kv: KVCache, rope: jax.Array) -> dict[str, jax.Array]:
+    tensors = {
+        "inputs_embeds": step.inputs_embeds,
+        "context_lengths": step.context_lengths,
+        "kvcache_start_index": step.start_index,
+        "rope_rotary_cos_sin": rope,
+        "last_token_ids": step.last_token_ids,
+        "attention_mask": step.attention_mask,
+        "attention_pos_id": step.attention_pos_id,
+    }
+    for i, (k, v) in enumerate(zip(kv.k, kv.v, strict=True)):
+        tensors[f"past_key_{i}"] = k
+        tensors[f"past_value_{i}"] = v
+    return tensors
+
+
+def build_tensor_map_for_spec_decode(
+    step: StepInputs, res: SharedResources
+) -> dict[str, jax.Array]:
+    """The spec-decode base engine's bindings (``build_spec_base_spec``): ``step``'s buffers
+    (tree mask and positions included), the base KV cache and the RoPE table."""
+    return _spec_step_map(step, res.kv, res.rope)
+
+
+def build_tensor_map_for_spec_decode_draft(
+    step: StepInputs, res: SharedResources
+) -> dict[str, jax.Array]:
+    """The draft engine's bindings (``build_draft_spec``; upstream's
+    ``buildTensorMapForSpecDecodeDraft``): the common ones on the draft KV cache (index 1), then
+    the base features and the draft's own hidden states."""
+    tensors = _spec_step_map(step, res.draft_kv, res.rope)
+    tensors["base_hidden_states"] = step.base_hidden
+    tensors["draft_hidden_states_in"] = step.draft_hidden
     return tensors

@@ -12,7 +12,7 @@ import types
 import jax
 
 try:
-    from edgellm_fn.ffi import _decode_attention, _gemv, _kv_cache_utils
+    from edgellm_fn.ffi import _decode_attention, _gemv, _kv_cache_utils, _kv_commit
 except ImportError as e:  # pragma: no cover - only without a build
     raise ImportError(
         f"edgellm_fn.ffi: a compiled handler module is missing ({e}); build the handlers "
@@ -56,9 +56,13 @@ from edgellm_fn.ffi.kv_cache_utils import (
 from edgellm_fn.ffi.kv_cache_utils import (
     save_kv_cache_layer_ref as save_kv_cache_layer_ref,
 )
+from edgellm_fn.ffi.kv_commit import commit_kv as commit_kv
+from edgellm_fn.ffi.kv_commit import commit_kv_ref as commit_kv_ref
 
 __all__ = [
     "MAX_BATCHED_LAYERS",
+    "commit_kv",
+    "commit_kv_ref",
     "cuda_available",
     "decode_attention",
     "decode_attention_ref",
@@ -77,7 +81,12 @@ __all__ = [
     "save_kv_cache_layer_ref",
 ]
 
-_COMPILED_MODULES: tuple[types.ModuleType, ...] = (_kv_cache_utils, _gemv, _decode_attention)
+_COMPILED_MODULES: tuple[types.ModuleType, ...] = (
+    _kv_cache_utils,
+    _gemv,
+    _decode_attention,
+    _kv_commit,
+)
 
 
 def _register_all() -> dict[str, tuple[str, ...]]:

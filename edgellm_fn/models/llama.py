@@ -77,6 +77,7 @@ def attend(
     context_lengths: jax.Array,
     window: int,
     scale: float | None = None,
+    mask: jax.Array | None = None,
 ) -> jax.Array:
     """Grouped-query attention of new queries over a full KV slab.
 
@@ -87,6 +88,8 @@ def attend(
       context_lengths: ``[B]`` int32 valid slots of each row after this step.
       window: sliding window in tokens, 0 for full attention.
       scale: score scale, ``D ** -0.5`` by default.
+      mask: ``[B, S, C]`` bool slots each query sees; replaces the causal/length/window mask
+        (a speculative-decoding tree, ``models/tree.py``).
 
     Returns:
       ``[B, S, Hq * D]`` in ``q.dtype``.
@@ -97,11 +100,12 @@ def attend(
     scale = d**-0.5 if scale is None else scale
     scores = jnp.einsum("bskgd,bkcd->bkgsc", qg, k_cache, preferred_element_type=jnp.float32)
     scores = scores * scale
-    slot = jnp.arange(cap, dtype=jnp.int32)[None, None, :]
-    pos = positions[:, :, None]
-    mask = (slot < context_lengths[:, None, None]) & (slot <= pos)
-    if window:
-        mask &= slot > pos - window
+    if mask is None:
+        slot = jnp.arange(cap, dtype=jnp.int32)[None, None, :]
+        pos = positions[:, :, None]
+        mask = (slot < context_lengths[:, None, None]) & (slot <= pos)
+        if window:
+            mask &= slot > pos - window
     scores = jnp.where(mask[:, None, None], scores, _NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
     # Probabilities are cast to the model dtype first (as transformers does); the product stays
@@ -159,12 +163,14 @@ def decoder_layer(
     window: int,
     flash: bool = False,
     lora: LayerLora | None = None,
+    mask: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One pre-norm decoder layer; returns ``(x, k_cache, v_cache)``.
 
     ``flash`` (a fresh prefill on GPU): attention over the step's own tokens with cuDNN instead
     of the masked full-capacity slab. ``lora``: each target's per-row adapter pair
-    (``models/lora.py``), whose delta is added to that projection's output.
+    (``models/lora.py``), whose delta is added to that projection's output. ``mask``
+    (``[B, S, C]`` bool, see ``attend``) replaces the causal mask (tree verification).
     """
 
     def adapt(y: jax.Array, inp: jax.Array, *targets: str) -> jax.Array:
@@ -188,7 +194,7 @@ def decoder_layer(
     if flash:
         attn = attend_fresh(q, k, v, context_lengths, window)
     else:
-        attn = attend(q, k_cache, v_cache, positions, context_lengths, window)
+        attn = attend(q, k_cache, v_cache, positions, context_lengths, window, mask=mask)
     x = x + adapt(linear(attn, lp["wo"], lp.get("bo")), attn, "o_proj")
     h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps)
     gate_up = adapt(linear(h, lp["w_gate_up"], lp.get("b_gate_up")), h, "gate_proj", "up_proj")

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..runtime.sampling import SamplingConfig, SamplingParams
+from .spec_io import SpecIO
 
 
 @jax.tree_util.register_dataclass
@@ -34,6 +35,7 @@ class PipelineIO:
       hit_eos: ``[B]`` bool the row ended on an EOS id.
       row_keys: ``[B, 2]`` uint32 per-row PRNG key data.
       sampling: per-row sampling values (``[B]``, bias ``[B, N]``).
+      spec: speculative-decoding buffers (``state/spec_io.py``), None for vanilla decoding.
     """
 
     inputs_embeds: jax.Array  # [B, 1, H] model dtype
@@ -48,6 +50,7 @@ class PipelineIO:
     hit_eos: jax.Array  # [B] bool
     row_keys: jax.Array  # [B, 2] u32
     sampling: SamplingParams
+    spec: SpecIO | None = None
 
     @classmethod
     def create(
@@ -81,3 +84,12 @@ class PipelineIO:
                 bias_values=jnp.zeros((batch, n), jnp.float32),
             ),
         )
+
+    @classmethod
+    def create_for_spec_decode(cls, bundle, batch: int) -> PipelineIO:
+        """``create`` plus the spec-decode buffers for ``bundle`` (a ``SpecDecodeConfig``)."""
+        from ..dtypes import dtype
+
+        m = bundle.base.model
+        io = cls.create(batch, m.vocab_size, m.hidden_size, dtype(bundle.base.dtype).jnp)
+        return dataclasses.replace(io, spec=SpecIO.create(bundle, batch))

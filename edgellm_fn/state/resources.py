@@ -34,6 +34,7 @@ class SharedResources:
       weights: external weights by binding name (upstream's ``externalWeightManager``;
         ``engine/inputs.py``); None for an engine that holds its weights.
       extra: declared extra inputs by binding name (``models/external.py``); None without.
+      draft_kv: the draft engine's KV cache (speculative decoding), else None.
     """
 
     kv: KVCache
@@ -41,6 +42,7 @@ class SharedResources:
     lora: LoraState | None = None
     weights: dict[str, jax.Array] | None = None  # name -> engine-layout weight
     extra: dict[str, jax.Array] | None = None  # name -> declared extra input
+    draft_kv: KVCache | None = None
 
     @classmethod
     def create_for_llm(
@@ -76,6 +78,21 @@ class SharedResources:
             weights=copy(weights),
             extra=copy(extra),
         )
+
+    @classmethod
+    def create_for_spec_decode(cls, bundle, batch: int) -> SharedResources:
+        """Base and draft KV caches and ONE RoPE table (``bundle``: a ``SpecDecodeConfig``)."""
+        cfg, d = bundle.base, bundle.draft
+        res = cls.create_for_llm(cfg, batch)
+        draft_kv = KVCache.create(
+            batch,
+            d.num_layers,
+            d.num_key_value_heads,
+            cfg.kv_capacity,
+            d.head_dim,
+            dtype(cfg.kv_dtype).jnp,
+        )
+        return dataclasses.replace(res, draft_kv=draft_kv)
 
 
 @jax.tree_util.register_dataclass
