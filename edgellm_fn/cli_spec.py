@@ -55,7 +55,7 @@ def cmd_generate_spec(args, batch, encode_request) -> int:
     prompts = [
         encode_request(tokenizer, r.messages, batch.apply_chat_template) for r in batch.requests
     ]
-    streaming = args.output_file is None and len(prompts) == 1 and args.loop == "python"
+    plain = args.prompt is not None and not args.json  # as vanilla generate: text to stdout
     completions, stats = spec_decode_generate(
         base,
         draft,
@@ -65,15 +65,18 @@ def cmd_generate_spec(args, batch, encode_request) -> int:
         stop=[r.stop for r in batch.requests],
         batch_size=batch.batch_size,
         loop=args.loop,
-        on_text=(lambda i, s: print(s, end="", flush=True, file=sys.stderr)) if streaming else None,
+        on_text=(lambda i, s: print(s, end="", flush=True))
+        if plain and args.loop == "python"
+        else None,
     )
-    if streaming:
-        print(file=sys.stderr)
+    if plain:
+        print("" if args.loop == "python" else completions[0].text)
+        print(f"edgellm-fn generate: spec_decode {json.dumps(stats.to_json())}", file=sys.stderr)
     out = responses_json(completions)
     out["spec_decode"] = stats.to_json()
     text = json.dumps(out, indent=2, ensure_ascii=False, allow_nan=False)
     if args.output_file:
-        Path(args.output_file).write_text(text + "\n")
-    else:
+        Path(args.output_file).write_text(text + "\n", encoding="utf-8")
+    elif not plain:
         print(text)
     return 0

@@ -162,7 +162,7 @@ def test_cli_generate_with_a_draft_matches_vanilla_and_reports_acceptance(
 
     common = ["generate", "--model", checkpoints["llama"], "--prompt", "hi", "--no-chat"]
     common += ["--max-new-tokens", "10", "--max-batch", "1", "--max-input-len", "16"]
-    common += ["--kv-capacity", "64", "--loop", "while"]
+    common += ["--kv-capacity", "64", "--loop", "while", "--json"]
     assert main(common) == 0
     vanilla_out = json.loads(capsys.readouterr().out)
     draft = ["--draft", random_draft, "--tree-topk", "2", "--tree-steps", "3"]
