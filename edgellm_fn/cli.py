@@ -62,15 +62,19 @@ def cmd_generate(args) -> int:
             "generate: --lora-name with --input-file (expected --prompt); a request file names "
             "each request's adapter in its lora_name field"
         )
+    from .runtime.gen_defaults import CLI_BASE, GenerationDefaults
+
+    # Unset flags take the checkpoint's generation_config.json values (else greedy, 64 tokens).
+    d = GenerationDefaults.from_dir(args.model, base=CLI_BASE)
     if args.input_file:
         batch = load_requests(args.input_file)
     else:
         batch = RequestBatch(
             batch_size=None,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            max_generate_length=args.max_new_tokens,
+            temperature=d.resolve("temperature", args.temperature),
+            top_p=d.resolve("top_p", args.top_p),
+            top_k=d.resolve("top_k", args.top_k),
+            max_generate_length=d.resolve("max_new_tokens", args.max_new_tokens),
             apply_chat_template=args.chat,
             requests=[
                 Request(
@@ -100,6 +104,10 @@ def cmd_generate(args) -> int:
         temperature=batch.temperature,
         top_p=batch.top_p,
         top_k=batch.top_k,
+        min_p=d.resolve("min_p", args.min_p),
+        repetition_penalty=d.resolve("repetition_penalty", args.repetition_penalty),
+        presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty,
         logit_bias=[r.logit_bias for r in batch.requests],
         num_logprobs=[r.num_logprobs for r in batch.requests],
         stop=[r.stop for r in batch.requests],
@@ -206,10 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt")
     g.add_argument("--input-file", help="Edge-LLM request JSON")
     g.add_argument("--output-file", help="response JSON (stdout when omitted)")
-    g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=1, help="1 = greedy (default), 0 = off")
+    unset = " (default: generation_config.json, else %s)"
+    g.add_argument("--max-new-tokens", type=int, default=None, help=unset % 64)
+    g.add_argument("--temperature", type=float, default=None, help=unset % 1.0)
+    g.add_argument("--top-p", type=float, default=None, help=unset % 1.0)
+    g.add_argument("--top-k", type=int, default=None, help="1 = greedy, 0 = off" + unset % 1)
+    g.add_argument("--min-p", type=float, default=None, help=unset % 0.0)
+    g.add_argument("--repetition-penalty", type=float, default=None, help=unset % 1.0)
+    g.add_argument("--presence-penalty", type=float, default=0.0)
+    g.add_argument("--frequency-penalty", type=float, default=0.0)
     g.add_argument("--no-chat", dest="chat", action="store_false", help="skip the chat template")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--loop", choices=["python", "while"], default="python")

@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 import jax
+import numpy as np
 
 from ..engine.protocol import Engine
 from ..errors import InputError
@@ -17,6 +18,7 @@ from ..state.resources import create_state
 from ..text.stops import find_stop
 from ..text.tokenizer import StreamDecoder, Tokenizer
 from . import loops, steps
+from .gen_defaults import GenerationDefaults, defaults_for
 from .lora import LoraBank
 from .prompts import bucket_length as bucket_length
 from .prompts import pad_prompts
@@ -56,20 +58,25 @@ def generate(
     tokenizer: Tokenizer,
     prompts: Sequence[Sequence[int]],
     *,
-    max_new_tokens: int = 64,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    min_p: float | None = None,
+    repetition_penalty: float | None = None,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
     logit_bias: Sequence[dict | None] | None = None,
     num_logprobs: Sequence[int] | int = 0,
     stop: Sequence[Sequence[str]] | None = None,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     batch_size: int | None = None,
     loop: str = "python",
     on_text: Callable[[int, str], None] | None = None,
     sampling: SamplingConfig = REQUEST_LIMITS,
     lora: LoraBank | None = None,
     lora_names: Sequence[str | None] | None = None,
+    defaults: GenerationDefaults | None = None,
 ) -> list[Completion]:
     """Generates a completion for each tokenized prompt.
 
@@ -78,11 +85,18 @@ def generate(
       tokenizer: for detokenization, stop strings and EOS ids.
       prompts: token ids of each prompt (chat template already applied).
       max_new_tokens: generation limit, clamped per row to the KV capacity.
-      temperature, top_p, top_k: sampling (``top_k == 1`` or ``temperature == 0``: greedy).
+      temperature, top_p, top_k, min_p: sampling (``top_k == 1`` or ``temperature == 0``:
+        greedy).
+      repetition_penalty: ``transformers``' (prompt and output ids); 1 = off.
+      presence_penalty, frequency_penalty: OpenAI's (output ids), in [-2, 2].
+      (max_new_tokens, temperature, top_p, top_k, min_p, repetition_penalty: None = the
+      checkpoint's ``generation_config.json`` default, see ``runtime/gen_defaults.py``.)
       logit_bias: per prompt ``{token_id: bias}`` or None.
       num_logprobs: per prompt (or one for all) number of top log-probabilities, 0..50.
       stop: per prompt stop strings.
-      seed: PRNG seed; the same seed gives the same tokens with either loop.
+      seed: PRNG seed, one for all prompts or one per prompt; each prompt's tokens depend on its
+        own seed (and index, for a shared seed) alone, not on its batch or row, and are the
+        same with either loop.
       batch_size: rows per batch (default and maximum: the engine's max batch size).
       loop: ``"python"`` (streaming, early stop on stop strings) or ``"while"`` (one jit).
       on_text: ``on_text(prompt_index, text_delta)`` while streaming (python loop only).
@@ -91,6 +105,8 @@ def generate(
       lora: the engine's LoRA adapters (``runtime.lora.load_lora_bank``).
       lora_names: per prompt the adapter name, None for the base model (rows of one batch may
         use different adapters).
+      defaults: the values unset arguments take; default: the tokenizer's checkpoint's
+        ``generation_config.json`` (``gen_defaults.defaults_for``).
 
     Raises:
       InputError: empty or too long prompts, bad sampling values, unknown loop, an unknown
@@ -98,6 +114,12 @@ def generate(
     """
     n = len(prompts)
     cfg = engine.config
+    d = defaults_for(tokenizer) if defaults is None else defaults
+    max_new_tokens = d.resolve("max_new_tokens", max_new_tokens)
+    temperature, top_p = d.resolve("temperature", temperature), d.resolve("top_p", top_p)
+    top_k, min_p = d.resolve("top_k", top_k), d.resolve("min_p", min_p)
+    repetition_penalty = d.resolve("repetition_penalty", repetition_penalty)
+    seeds = prompt_seeds(seed, n)
     if loop not in ("python", "while"):
         raise InputError(f"generate: loop={loop!r} (expected 'python' or 'while')")
     batch_size = batch_size or cfg.max_batch_size
@@ -123,7 +145,7 @@ def generate(
     nlp = [num_logprobs] * n if isinstance(num_logprobs, int) else list(num_logprobs)
     stop = [list(s or []) for s in stop] if stop is not None else [[] for _ in range(n)]
     eos = eos_ids_of(engine, tokenizer)
-    key = jax.random.PRNGKey(seed)
+    key = jax.random.PRNGKey(0)  # unused: every row has its own seed
     out: list[Completion] = []
     for start in range(0, n, batch_size):
         rows = range(start, min(n, start + batch_size))
@@ -136,6 +158,13 @@ def generate(
                 temperature=temperature,
                 top_p=top_p,
                 top_k=top_k,
+                penalties=dict(
+                    min_p=min_p,
+                    repetition_penalty=repetition_penalty,
+                    presence_penalty=presence_penalty,
+                    frequency_penalty=frequency_penalty,
+                    seed=[seeds[i] for i in rows],
+                ),
                 logit_bias=[logit_bias[i] for i in rows],
                 num_logprobs=[nlp[i] for i in rows],
                 stop=[stop[i] for i in rows],
@@ -159,6 +188,7 @@ def _generate_batch(
     temperature,
     top_p,
     top_k,
+    penalties,
     logit_bias,
     num_logprobs,
     stop,
@@ -180,6 +210,9 @@ def _generate_batch(
         logit_bias=reduce_logit_bias(engine.vocab_map, logit_bias, b),
         num_logprobs=num_logprobs,
         config=sampling,
+        prompts=prompts,
+        vocab_map=engine.vocab_map,
+        **penalties,
     )
     longest = max(len(p) for p in prompts)
     ids, lengths = pad_prompts(prompts, bucket_length(longest, cfg.max_input_len))
@@ -249,6 +282,22 @@ def _generate_batch(
             )
         )
     return out
+
+
+def prompt_seeds(seed: int | Sequence[int], n: int) -> list[int]:
+    """Per-prompt seeds: the given list, or from one int ``seed`` one per prompt index (a
+    prompt's tokens never depend on its batch or row)."""
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        if not 0 <= seed < 2**31:
+            raise InputError(f"generate: seed={seed} (expected an int in [0, 2**31))")
+        mixed = np.random.default_rng([int(seed), 0x5EED]).integers(0, 2**31, size=n)
+        return [int(s) for s in mixed]
+    seeds = list(seed)
+    if len(seeds) != n:
+        raise InputError(
+            f"generate: len(seed)={len(seeds)} (expected one int, or one per prompt: {n})"
+        )
+    return seeds
 
 
 def _visible(text: str, stop: list[str]) -> str:

@@ -11,7 +11,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ..runtime.sampling import SamplingConfig, SamplingParams
 
@@ -34,6 +33,8 @@ class PipelineIO:
       hit_eos: ``[B]`` bool the row ended on an EOS id.
       row_keys: ``[B, 2]`` uint32 per-row PRNG key data.
       sampling: per-row sampling values (``[B]``, bias ``[B, N]``).
+      counts: ``[B, V]`` int32 ids each row generated so far (presence/frequency/repetition
+        penalties; ``runtime/penalties.py``).
     """
 
     inputs_embeds: jax.Array  # [B, 1, H] model dtype
@@ -48,6 +49,7 @@ class PipelineIO:
     hit_eos: jax.Array  # [B] bool
     row_keys: jax.Array  # [B, 2] u32
     sampling: SamplingParams
+    counts: jax.Array  # [B, V] i32
 
     @classmethod
     def create(
@@ -73,11 +75,6 @@ class PipelineIO:
             limits=jnp.zeros((batch,), jnp.int32),
             hit_eos=jnp.zeros((batch,), bool),
             row_keys=jnp.zeros((batch, 2), jnp.uint32),
-            sampling=SamplingParams(
-                temperature=jnp.ones((batch,), jnp.float32),
-                top_k=jnp.zeros((batch,), jnp.int32),
-                top_p=jnp.ones((batch,), jnp.float32),
-                bias_ids=jnp.asarray(np.full((batch, n), -1, np.int32)),
-                bias_values=jnp.zeros((batch, n), jnp.float32),
-            ),
+            sampling=SamplingParams.neutral(batch, vocab_size, n),
+            counts=jnp.zeros((batch, vocab_size), jnp.int32),
         )
