@@ -198,6 +198,25 @@ def cmd_reduce_vocab(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from .serve.app import create_app
+    from .text.tokenizer import Tokenizer
+
+    engine = _engine(args)
+    tokenizer = Tokenizer.from_dir(args.model, vocab_size=engine.config.model.vocab_size)
+    app = create_app(
+        engine,
+        tokenizer,
+        model_name=Path(args.model).name,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=10)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -276,6 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--size", type=int, required=True, help="ids to keep")
     rv.add_argument("--out", required=True, help="directory for vocab_map.safetensors")
     rv.set_defaults(fn=cmd_reduce_vocab)
+
+    sv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server")
+    sv.add_argument("--model", required=True, help="checkpoint or engine directory")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
+    _add_limits(sv)
+    sv.set_defaults(fn=cmd_serve)
 
     d = sub.add_parser("demo", help="generate with the embedded demo model")
     d.add_argument("--model", default=None, help="another checkpoint instead of the demo model")

@@ -30,6 +30,7 @@ from ..errors import InputError
 from ..state.resources import RuntimeState, create_state
 from . import loops, steps
 from .sampling import SamplingConfig, SamplingParams, make_sampling_params
+from .vocab import reduce_logit_bias
 
 PAD = loops.PAD
 
@@ -150,6 +151,7 @@ class Request:
     frequency_penalty: float = 0.0
     seed: int | None = None
     num_logprobs: int = 0
+    logit_bias: dict[int, float] | None = None
     on_token: Callable[[int, float, np.ndarray, np.ndarray], bool] | None = None
     on_finish: Callable[[str], None] | None = None
     cancelled: bool = False
@@ -216,6 +218,7 @@ class Scheduler:
             frequency_penalty=req.frequency_penalty,
             seed=seed,
             num_logprobs=req.num_logprobs,
+            logit_bias=reduce_logit_bias(self.engine.vocab_map, req.logit_bias, 1),
             prompts=[list(req.prompt)],
             vocab_map=self.engine.vocab_map,
             config=self.config,
