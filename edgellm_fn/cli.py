@@ -24,9 +24,11 @@ JSON instead); with --input-file, the response JSON goes to stdout. --output-fil
 response JSON to a file in either mode. A note on stderr says when a row stopped because its KV
 cache was full rather than at --max-new-tokens.
 
-Sampling: greedy unless asked otherwise. Any of --temperature, --top-p, --top-k turns sampling
-on; the others then default to temperature {DEFAULTS["temperature"]:g}, \
-top-p {DEFAULTS["top_p"]:g} and top-k {DEFAULTS["top_k"]} (off).
+Sampling: the checkpoint's generation_config.json when it has one (do_sample, temperature,
+top_p, top_k, min_p, repetition_penalty, max_new_tokens), else greedy. Any of --temperature,
+--top-p, --top-k turns sampling on; the others then default to \
+temperature {DEFAULTS["temperature"]:g}, top-p {DEFAULTS["top_p"]:g} and \
+top-k {DEFAULTS["top_k"]} (off).
 --temperature 0 or --top-k 1 is greedy.
 
 With --input-file, a flag given on the command line overrides the file's top-level field:
@@ -167,6 +169,12 @@ def _check_output_file(path: str, input_file: str | None) -> None:
         )
 
 
+def _checkpoint_defaults(args):
+    from .runtime.gen_defaults import GenerationDefaults
+
+    return GenerationDefaults.from_dir(args.model)
+
+
 def _request_batch(args):
     """The request file (flags override its top-level fields) or the one --prompt request."""
     from .text.requests import Request, RequestBatch, load_requests
@@ -188,7 +196,7 @@ def _request_batch(args):
         temperature=args.temperature,
         top_p=args.top_p,
         top_k=args.top_k,
-        max_generate_length=args.max_new_tokens or DEFAULTS["max_new_tokens"],
+        max_generate_length=args.max_new_tokens or _checkpoint_defaults(args).max_new_tokens,
         apply_chat_template=DEFAULTS["apply_chat_template"] if args.chat is None else args.chat,
         requests=[
             Request(
@@ -231,7 +239,9 @@ def cmd_generate(args) -> int:
         encode_request(tokenizer, r.messages, batch.apply_chat_template) for r in batch.requests
     ]
     plain = args.prompt is not None and not args.json
-    temperature, top_p, top_k = batch.sampling()
+    # Nothing asked: generate() takes the checkpoint's generation_config.json (else greedy).
+    asked = (batch.temperature, batch.top_p, batch.top_k) != (None, None, None)
+    temperature, top_p, top_k = batch.sampling() if asked else (None, None, None)
     completions = generate(
         engine,
         tokenizer,
@@ -240,6 +250,10 @@ def cmd_generate(args) -> int:
         temperature=temperature,
         top_p=top_p,
         top_k=top_k,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty,
         logit_bias=[r.logit_bias for r in batch.requests],
         num_logprobs=[r.num_logprobs for r in batch.requests],
         stop=[r.stop for r in batch.requests],
@@ -340,6 +354,25 @@ def cmd_reduce_vocab(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from .serve.app import create_app
+    from .text.tokenizer import Tokenizer
+
+    engine = _engine(args)
+    tokenizer = Tokenizer.from_dir(args.model, vocab_size=engine.config.model.vocab_size)
+    app = create_app(
+        engine,
+        tokenizer,
+        model_name=Path(args.model).name,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=10)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -382,6 +415,25 @@ def _add_generate(sub) -> None:
         type=_int_arg(0, LIMITS["vocab_size"]),
         help=f"sample among the k most likely ids; 1 is greedy, 0 is off (default: greedy; "
         f"{DEFAULTS['top_k']} once another sampling flag is given)",
+    )
+    unset = "(default: the checkpoint's generation_config.json, else %s)"
+    g.add_argument("--min-p", type=_float_arg(0.0, 1.0), help="min-p filter in [0, 1] " + unset % 0)
+    g.add_argument(
+        "--repetition-penalty",
+        type=_float_arg(0.0, 100.0, open_low=True),
+        help="transformers' repetition penalty over prompt and output ids; 1 is off " + unset % 1,
+    )
+    g.add_argument(
+        "--presence-penalty",
+        type=_float_arg(-2.0, 2.0),
+        default=0.0,
+        help="OpenAI's presence penalty in [-2, 2] (default: %(default)s)",
+    )
+    g.add_argument(
+        "--frequency-penalty",
+        type=_float_arg(-2.0, 2.0),
+        default=0.0,
+        help="OpenAI's frequency penalty in [-2, 2] (default: %(default)s)",
     )
     g.add_argument(
         "--batch-size",
@@ -469,6 +521,14 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--size", type=_int_arg(1), required=True, help="ids to keep")
     rv.add_argument("--out", required=True, help="directory for vocab_map.safetensors")
     rv.set_defaults(fn=cmd_reduce_vocab)
+
+    sv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server")
+    sv.add_argument("--model", required=True, help="checkpoint or engine directory")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
+    _add_limits(sv)
+    sv.set_defaults(fn=cmd_serve)
 
     d = sub.add_parser("demo", help="generate with the embedded demo model")
     d.add_argument("--model", default=None, help="another checkpoint instead of the demo model")

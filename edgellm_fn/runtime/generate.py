@@ -19,6 +19,7 @@ from ..state.resources import create_state
 from ..text.stops import StopStream, check_stops, find_stop
 from ..text.tokenizer import StreamDecoder, Tokenizer
 from . import loops, steps
+from .gen_defaults import GenerationDefaults, defaults_for
 from .lora import LoraBank
 from .prompts import bucket_length as bucket_length
 from .prompts import pad_prompts
@@ -63,20 +64,25 @@ def generate(
     tokenizer: Tokenizer,
     prompts: Sequence[Sequence[int]],
     *,
-    max_new_tokens: int = DEFAULTS["max_new_tokens"],
+    max_new_tokens: int | None = None,
     temperature: float | Sequence[float] | None = None,
     top_p: float | Sequence[float] | None = None,
     top_k: int | Sequence[int] | None = None,
+    min_p: float | Sequence[float] | None = None,
+    repetition_penalty: float | Sequence[float] | None = None,
+    presence_penalty: float | Sequence[float] = 0.0,
+    frequency_penalty: float | Sequence[float] = 0.0,
     logit_bias: Sequence[dict | None] | None = None,
     num_logprobs: Sequence[int] | int = DEFAULTS["num_logprobs"],
     stop: Sequence[str | Sequence[str] | None] | None = None,
-    seed: int = DEFAULTS["seed"],
+    seed: int | Sequence[int] = DEFAULTS["seed"],
     batch_size: int | None = None,
     loop: str = DEFAULTS["loop"],
     on_text: Callable[[int, str], None] | None = None,
     sampling: SamplingConfig = REQUEST_LIMITS,
     lora: LoraBank | None = None,
     lora_names: Sequence[str | None] | None = None,
+    defaults: GenerationDefaults | None = None,
 ) -> list[Completion]:
     """Generates a completion for each tokenized prompt.
 
@@ -90,14 +96,22 @@ def generate(
         ``[0, vocab_size)``.
       max_new_tokens: generation limit, clamped per row to the KV capacity (see
         ``Completion.token_limit``).
-      temperature, top_p, top_k: sampling, one value or one per prompt. Greedy when none is
-        given; once one is, the others default to 1, 1 and 0 (off): ``temperature=0.8`` alone
-        samples (``defaults.sampling_values``). ``top_k == 1`` or ``temperature == 0``: greedy.
+      temperature, top_p, top_k: sampling, one value or one per prompt. When none is given, the
+        checkpoint's ``generation_config.json`` decides (``runtime/gen_defaults.py``; greedy
+        without one); once one is, the others default to 1, 1 and 0 (off): ``temperature=0.8``
+        alone samples (``defaults.sampling_values``). ``top_k == 1`` or ``temperature == 0``:
+        greedy.
+      min_p: one value or one per prompt in [0, 1]; 0 = off.
+      repetition_penalty: ``transformers``' (prompt and output ids); 1 = off.
+      presence_penalty, frequency_penalty: OpenAI's (output ids), in [-2, 2].
+      (max_new_tokens, min_p, repetition_penalty: None = the checkpoint's
+      ``generation_config.json`` value, else ``defaults.DEFAULTS``.)
       logit_bias: per prompt ``{token_id: bias}`` or None.
       num_logprobs: per prompt (or one for all) number of top log-probabilities, 0..50.
       stop: per prompt stop strings (None, one str, or a list of non-empty str).
-      seed: PRNG seed in ``[0, 2**63 - 1]``; the same seed gives the same tokens with either
-        loop.
+      seed: PRNG seed in ``[0, 2**63 - 1]`` for all prompts, or one per prompt in
+        ``[0, 2**31)``; each prompt's tokens depend on its own seed (and index, for a shared
+        seed) alone, not on its batch or row, and are the same with either loop.
       batch_size: rows per batch, ``1..max_batch_size`` (default: the engine's max batch size).
       loop: ``"python"`` (streaming, early stop on stop strings) or ``"while"`` (one jit).
       on_text: ``on_text(prompt_index, text_delta)``: streamed as tokens arrive with the python
@@ -108,6 +122,8 @@ def generate(
       lora: the engine's LoRA adapters (``runtime.lora.load_lora_bank``).
       lora_names: per prompt the adapter name, None for the base model (rows of one batch may
         use different adapters).
+      defaults: the values unset arguments take; default: the tokenizer's checkpoint's
+        ``generation_config.json`` (``gen_defaults.defaults_for``).
 
     Raises:
       InputError: an empty, too long or out-of-vocabulary prompt, a per-prompt list whose length
@@ -117,6 +133,12 @@ def generate(
     n = _check_prompts(engine, prompts)
     cfg = engine.config
     where = "generate"
+    d = defaults_for(tokenizer) if defaults is None else defaults
+    max_new_tokens = d.resolve("max_new_tokens", max_new_tokens)
+    if temperature is None and top_p is None and top_k is None:  # the checkpoint decides
+        temperature, top_p, top_k = d.temperature, d.top_p, d.top_k
+    min_p = d.resolve("min_p", min_p)
+    repetition_penalty = d.resolve("repetition_penalty", repetition_penalty)
     if loop not in ("python", "while"):
         raise InputError(f"{where}: loop={show(loop)} (expected 'python' or 'while')")
     if batch_size is None:
@@ -128,8 +150,7 @@ def generate(
         )
     if not _is_int(max_new_tokens) or max_new_tokens < 1:
         raise InputError(f"{where}: max_new_tokens={show(max_new_tokens)} (expected an int >= 1)")
-    if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
-        raise InputError(f"{where}: seed={show(seed)} (expected an int in [0, 2**63 - 1])")
+    seeds = prompt_seeds(seed, n)
     logit_bias = _per_prompt("logit_bias", logit_bias, n, None, scalar=False)
     nlp = _per_prompt("num_logprobs", num_logprobs, n, 0)
     stop = [
@@ -141,6 +162,10 @@ def generate(
         temperature=_per_prompt("temperature", temperature, n, 0.0),
         top_p=_per_prompt("top_p", top_p, n, 0.0),
         top_k=_per_prompt("top_k", top_k, n, 0),
+        min_p=_per_prompt("min_p", min_p, n, 0.0),
+        repetition_penalty=_per_prompt("repetition_penalty", repetition_penalty, n, 1.0),
+        presence_penalty=_per_prompt("presence_penalty", presence_penalty, n, 0.0),
+        frequency_penalty=_per_prompt("frequency_penalty", frequency_penalty, n, 0.0),
     )
     check_sampling_values(  # every prompt at once, on the host: row i is prompt i
         where,
@@ -149,6 +174,7 @@ def generate(
         logit_bias=logit_bias,
         num_logprobs=nlp,
         config=sampling,
+        seed=seeds,
         **values,
     )
     lora_names = _per_prompt("lora_names", lora_names, n, None, scalar=False)
@@ -160,7 +186,7 @@ def generate(
     if lora is not None:
         lora.indices(lora_names, n, "generate")  # unknown names fail before any batch runs
     eos = eos_ids_of(engine, tokenizer)
-    key = jax.random.PRNGKey(seed)
+    key = jax.random.PRNGKey(0)  # unused: every row has its own seed
     out: list[Completion] = []
     for start in range(0, n, batch_size):
         rows = range(start, min(n, start + batch_size))
@@ -170,7 +196,11 @@ def generate(
                 tokenizer,
                 [[int(t) for t in prompts[i]] for i in rows],
                 max_new_tokens=max_new_tokens,
-                **{k: [v[i] for i in rows] for k, v in values.items()},
+                **{k: [v[i] for i in rows] for k, v in values.items() if k in _SAMPLING},
+                penalties={
+                    **{k: [v[i] for i in rows] for k, v in values.items() if k not in _SAMPLING},
+                    "seed": [seeds[i] for i in rows],
+                },
                 logit_bias=[logit_bias[i] for i in rows],
                 num_logprobs=[nlp[i] for i in rows],
                 stop=[stop[i] for i in rows],
@@ -268,6 +298,7 @@ def _generate_batch(
     temperature,
     top_p,
     top_k,
+    penalties,
     logit_bias,
     num_logprobs,
     stop,
@@ -289,6 +320,9 @@ def _generate_batch(
         logit_bias=reduce_logit_bias(engine.vocab_map, logit_bias, b),
         num_logprobs=num_logprobs,
         config=sampling,
+        prompts=prompts,
+        vocab_map=engine.vocab_map,
+        **penalties,
     )
     longest = max(len(p) for p in prompts)
     ids, lengths = pad_prompts(prompts, bucket_length(longest, cfg.max_input_len))
@@ -350,6 +384,27 @@ def _generate_batch(
             )
         )
     return out
+
+
+_SAMPLING = ("temperature", "top_p", "top_k")
+
+
+def prompt_seeds(seed: int | Sequence[int], n: int) -> list[int]:
+    """Per-prompt seeds: the given list, or from one int ``seed`` one per prompt index (a
+    prompt's tokens never depend on its batch or row)."""
+    if _is_int(seed):
+        if not 0 <= seed <= MAX_SEED:
+            raise InputError(f"generate: seed={show(seed)} (expected an int in [0, 2**63 - 1])")
+        mixed = np.random.default_rng([int(seed), 0x5EED]).integers(0, 2**31, size=n)
+        return [int(s) for s in mixed]
+    if isinstance(seed, (str, bytes, bool)) or not isinstance(seed, Sequence | np.ndarray):
+        raise InputError(f"generate: seed={show(seed)} (expected an int or one int per prompt)")
+    seeds = list(seed)
+    if len(seeds) != n:
+        raise InputError(
+            f"generate: len(seed)={len(seeds)} (expected one int, or one per prompt: {n})"
+        )
+    return seeds
 
 
 def _logprobs(tokenizer, res, row: int, n: int, k: int) -> list[dict]:

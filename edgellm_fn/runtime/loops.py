@@ -28,6 +28,7 @@ from ..errors import InputError
 from ..state import host
 from ..state.resources import RuntimeState
 from . import steps
+from .penalties import update_counts
 from .sampling import SampleOutput, SamplingConfig, SamplingParams, sample
 from .vocab import map_sampled
 
@@ -79,11 +80,11 @@ def _begin(
     """Writes one request's sampling values, keys and limits into the state's buffers."""
     b = state.batch
     key = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-    rows = jnp.arange(b, dtype=jnp.int32)
     io = dataclasses.replace(
         state.io,
         sampling=jax.tree_util.tree_map(jnp.copy, params),
-        row_keys=jax.vmap(lambda r: jax.random.fold_in(key, r))(rows).astype(jnp.uint32),
+        row_keys=row_keys(key, params.seed),
+        counts=jnp.zeros_like(state.io.counts),
         limits=limits,
         active=limits > 0,
         num_tokens=jnp.zeros((b,), jnp.int32),
@@ -91,6 +92,15 @@ def _begin(
         tokens=jnp.full((b,), PAD, jnp.int32),
     )
     return dataclasses.replace(state, io=io)
+
+
+def row_keys(key: jax.Array, seeds: jax.Array, rows: jax.Array | None = None) -> jax.Array:
+    """``[B, 2] uint32`` key data: ``PRNGKey(seed)`` for a row with its own seed (>= 0), else
+    ``fold_in(key, row)``."""
+    rows = jnp.arange(seeds.shape[0], dtype=jnp.int32) if rows is None else rows
+    derived = jax.vmap(lambda r: jax.random.fold_in(key, r))(rows).astype(jnp.uint32)
+    own = jax.vmap(lambda s: jax.random.PRNGKey(s))(jnp.maximum(seeds, 0)).astype(jnp.uint32)
+    return jnp.where((seeds >= 0)[:, None], own, derived)
 
 
 # Dynamic: everything (the sampling values' widths are shapes: set by the SamplingConfig).
@@ -127,13 +137,19 @@ def loop_step(
     live = io.active & ~stop
     keys = jax.vmap(jax.random.fold_in)(io.row_keys, io.num_tokens)
     # A reduced vocabulary samples logit columns; from here on every id is a full id.
-    out = map_sampled(engine.vocab_map, sample(config, io.sampling, io.logits, keys))
+    raw = sample(config, io.sampling, io.logits, keys, counts=io.counts)
+    out = map_sampled(engine.vocab_map, raw)  # full ids; `raw` keeps the logit columns
     tok = jnp.where(live, out.tokens, PAD)
     count = io.num_tokens + live.astype(jnp.int32)
     eos = live & _is_eos(tok, eos_ids)
     active = live & ~eos & (count < io.limits)  # not EOS, and the row's token limit not reached
     io = dataclasses.replace(
-        io, tokens=tok, active=active, num_tokens=count, hit_eos=io.hit_eos | eos
+        io,
+        tokens=tok,
+        active=active,
+        num_tokens=count,
+        hit_eos=io.hit_eos | eos,
+        counts=update_counts(io.counts, raw.tokens, live),
     )
     state = dataclasses.replace(state, io=io)
     x = steps.embed(engine, jnp.maximum(tok, 0)[:, None])

@@ -1,4 +1,5 @@
-"""Functional sampling on logits: logit bias -> temperature -> top-k -> top-p -> draw.
+"""Functional sampling on logits: penalties -> logit bias -> temperature -> top-k -> top-p ->
+min-p -> draw.
 
 Everything here is a pure function of ``(config, params, logits, keys)``, usable inside ``jax.jit``
 and inside a ``lax.while_loop`` body:
@@ -6,11 +7,13 @@ and inside a ``lax.while_loop`` body:
 - ``SamplingConfig`` is static (frozen, hashable; changing it recompiles) and holds only LIMITS
   that fix shapes: the candidate set ``max_top_k``, the bias width ``max_bias_entries`` and the
   returned top-K ``max_num_logprobs``. Fix it once per engine; no flag is derived from a request.
-- ``SamplingParams`` is a pytree of per-row VALUES (temperature, top-k, top-p, sparse logit bias),
-  so one compiled function serves every request within the limits.
+- ``SamplingParams`` is a pytree of per-row VALUES (temperature, top-k, top-p, min-p, penalties,
+  seed, sparse logit bias, the prompt's id mask), so one compiled function serves every request
+  within the limits. Penalties: ``runtime/penalties.py``.
 
 Greedy: a row with ``top_k == 1`` or ``temperature <= 0`` takes the argmax (as upstream).
-Log-probabilities are the log-softmax of the model's logits *after* the logit bias and *before*
+Log-probabilities are the log-softmax of the model's logits *after* penalties and the logit bias
+and *before*
 temperature / top-k / top-p: they describe the distribution the user asked the model for (bias
 included), not the truncated one the token was drawn from, and they stay finite for every id.
 """
@@ -27,6 +30,7 @@ import numpy as np
 from jax import lax
 
 from edgellm_fn.errors import InputError, show
+from edgellm_fn.runtime.penalties import apply_penalties, prompt_mask
 
 MAX_BIAS_VALUE = 100.0
 MAX_BIAS_ENTRIES = 1024
@@ -66,6 +70,15 @@ class SamplingParams:
       top_p: ``[B] float32`` in ``(0, 1]``; 1 = off.
       bias_ids: ``[B, N] int32`` token ids to bias; ``-1`` marks padding.
       bias_values: ``[B, N] float32`` added to the logits at ``bias_ids``; 0 at padding.
+      min_p: ``[B] float32`` in ``[0, 1]``: drop ids whose probability is below ``min_p`` times
+        the best one's (after temperature); 0 = off.
+      repetition_penalty: ``[B] float32`` > 0 (``transformers``' semantics); 1 = off.
+      presence_penalty: ``[B] float32`` (OpenAI's); 0 = off.
+      frequency_penalty: ``[B] float32`` (OpenAI's); 0 = off.
+      seed: ``[B] int32`` the row's own PRNG seed (its tokens then depend on it alone, not on
+        the batch position); ``-1`` = derive the row's key from the loop's key and the row.
+      prompt_seen: ``[B, V] bool`` the row's prompt ids (logit columns), for the repetition
+        penalty.
     """
 
     temperature: jax.Array  # [B] f32
@@ -73,6 +86,29 @@ class SamplingParams:
     top_p: jax.Array  # [B] f32
     bias_ids: jax.Array  # [B, N] i32
     bias_values: jax.Array  # [B, N] f32
+    min_p: jax.Array  # [B] f32
+    repetition_penalty: jax.Array  # [B] f32
+    presence_penalty: jax.Array  # [B] f32
+    frequency_penalty: jax.Array  # [B] f32
+    seed: jax.Array  # [B] i32
+    prompt_seen: jax.Array  # [B, V] bool
+
+    @classmethod
+    def neutral(cls, batch: int, vocab_size: int, bias_entries: int = 0) -> SamplingParams:
+        """Defaults for every row (temperature 1, nothing else on); each leaf its own buffer."""
+        return cls(
+            temperature=jnp.ones((batch,), jnp.float32),
+            top_k=jnp.zeros((batch,), jnp.int32),
+            top_p=jnp.ones((batch,), jnp.float32),
+            bias_ids=jnp.asarray(np.full((batch, bias_entries), -1, np.int32)),
+            bias_values=jnp.zeros((batch, bias_entries), jnp.float32),
+            min_p=jnp.zeros((batch,), jnp.float32),
+            repetition_penalty=jnp.ones((batch,), jnp.float32),
+            presence_penalty=jnp.zeros((batch,), jnp.float32),
+            frequency_penalty=jnp.zeros((batch,), jnp.float32),
+            seed=jnp.full((batch,), -1, jnp.int32),
+            prompt_seen=jnp.zeros((batch, vocab_size), bool),
+        )
 
 
 @jax.tree_util.register_dataclass
@@ -122,12 +158,29 @@ class _Filtered:
     ids: jax.Array  # [B, C] their vocabulary ids
 
 
-def _filter(config: SamplingConfig, params: SamplingParams, logits: jax.Array) -> _Filtered:
-    """The one bias -> temperature -> top-k -> top-p chain that ``sample`` and ``filter_logits``
-    share (candidates sorted best first)."""
+def adjust_logits(
+    params: SamplingParams, logits: jax.Array, counts: jax.Array | None = None
+) -> jax.Array:
+    """Penalties (prompt mask, generated ``counts`` ``[B, V]``) then the logit bias."""
+    logits = apply_penalties(
+        logits.astype(jnp.float32),
+        params.prompt_seen,
+        counts,
+        params.repetition_penalty,
+        params.presence_penalty,
+        params.frequency_penalty,
+    )
+    return apply_logit_bias(logits, params.bias_ids, params.bias_values)
+
+
+def _filter(
+    config: SamplingConfig, params: SamplingParams, logits: jax.Array, counts=None
+) -> _Filtered:
+    """The one penalties -> bias -> temperature -> top-k -> top-p -> min-p chain that ``sample``
+    and ``filter_logits`` share (candidates sorted best first)."""
     _check_shapes(config, params, logits)
     batch, vocab = logits.shape
-    biased = apply_logit_bias(logits.astype(jnp.float32), params.bias_ids, params.bias_values)
+    biased = adjust_logits(params, logits, counts)
     greedy = (params.temperature <= 0) | (params.top_k == 1)
     scaled = biased / jnp.where(greedy, 1.0, params.temperature)[:, None]
     c = config.max_top_k if 0 < config.max_top_k < vocab else vocab
@@ -145,11 +198,18 @@ def _filter(config: SamplingConfig, params: SamplingParams, logits: jax.Array) -
     # Keep id j while the mass of the better ids is still < p: the smallest set with mass >= p.
     top_p = params.top_p[:, None]
     vals = jnp.where((mass_before < top_p) | (top_p >= 1.0), vals, -jnp.inf)
+    # min-p: p_j >= min_p * p_best  <=>  logit_j >= logit_best + log(min_p) (any normalisation).
+    min_p = params.min_p[:, None]
+    floor = vals[:, :1] + jnp.log(jnp.maximum(min_p, 1e-30))
+    vals = jnp.where((min_p <= 0) | (vals >= floor), vals, -jnp.inf)
     return _Filtered(biased=biased, scaled=scaled, greedy=greedy, vals=vals, ids=ids)
 
 
-def filter_logits(config: SamplingConfig, params: SamplingParams, logits: jax.Array) -> jax.Array:
-    """Bias, temperature, top-k and top-p, in vocabulary order (for inspection and tests).
+def filter_logits(
+    config: SamplingConfig, params: SamplingParams, logits: jax.Array, counts=None
+) -> jax.Array:
+    """Penalties, bias, temperature, top-k, top-p and min-p, in vocabulary order (for inspection
+    and tests; ``counts`` ``[B, V]``: the ids generated so far, None = none).
 
     Args:
       config: static limits.
@@ -160,7 +220,7 @@ def filter_logits(config: SamplingConfig, params: SamplingParams, logits: jax.Ar
       ``[B, V] float32`` logits whose softmax is the distribution ``sample`` draws from; removed
       ids are ``-inf``.
     """
-    f = _filter(config, params, logits)
+    f = _filter(config, params, logits, counts)
     batch, vocab = logits.shape
     rows = jnp.arange(batch, dtype=jnp.int32)[:, None]
     vals = jnp.full((batch, vocab), -jnp.inf, jnp.float32).at[rows, f.ids].set(f.vals)
@@ -170,7 +230,11 @@ def filter_logits(config: SamplingConfig, params: SamplingParams, logits: jax.Ar
 
 
 def sample(
-    config: SamplingConfig, params: SamplingParams, logits: jax.Array, keys: jax.Array
+    config: SamplingConfig,
+    params: SamplingParams,
+    logits: jax.Array,
+    keys: jax.Array,
+    counts: jax.Array | None = None,
 ) -> SampleOutput:
     """Samples one token per row.
 
@@ -183,6 +247,8 @@ def sample(
       logits: ``[B, V] float32`` (other float dtypes are cast).
       keys: ``[B]`` per-row PRNG keys, e.g. ``jax.random.split(key, B)``. Fixed keys give fixed
         tokens; unused by greedy rows.
+      counts: ``[B, V] int32`` ids generated so far (presence/frequency/repetition penalties);
+        None = none yet.
 
     Returns:
       ``SampleOutput`` with tokens ``[B] int32`` and log-probabilities (module docstring).
@@ -196,11 +262,11 @@ def sample(
             "pass jax.random.split(key, B)"
         )
     _check_shapes(config, params, logits)
-    biased = apply_logit_bias(logits.astype(jnp.float32), params.bias_ids, params.bias_values)
+    biased = adjust_logits(params, logits, counts)
     argmax = jnp.argmax(biased, axis=-1).astype(jnp.int32)
 
     def draw() -> jax.Array:
-        f = _filter(config, params, logits)
+        f = _filter(config, params, logits, counts)
         choice = jax.vmap(jax.random.categorical)(keys, f.vals).astype(jnp.int32)  # [B]
         choice = jnp.take_along_axis(f.ids, choice[:, None], axis=1)[:, 0]
         return jnp.where(f.greedy, argmax, choice)
@@ -235,6 +301,12 @@ def _check_shapes(config: SamplingConfig, params: SamplingParams, logits: jax.Ar
         "top_p": (batch,),
         "bias_ids": (batch, n),
         "bias_values": (batch, n),
+        "min_p": (batch,),
+        "repetition_penalty": (batch,),
+        "presence_penalty": (batch,),
+        "frequency_penalty": (batch,),
+        "seed": (batch,),
+        "prompt_seen": (batch, logits.shape[1]),
     }
     for name, shape in want.items():
         got = getattr(params, name).shape
@@ -334,6 +406,13 @@ def make_sampling_params(
     num_logprobs: int | Sequence[int] = 0,
     max_bias_entries: int | None = None,
     config: SamplingConfig | None = None,
+    min_p: float | Sequence[float] = 0.0,
+    repetition_penalty: float | Sequence[float] = 1.0,
+    presence_penalty: float | Sequence[float] = 0.0,
+    frequency_penalty: float | Sequence[float] = 0.0,
+    seed: int | Sequence[int | None] | None = None,
+    prompts: Sequence[Sequence[int]] | None = None,
+    vocab_map=None,
 ) -> tuple[SamplingConfig, SamplingParams]:
     """Validates host-side values and builds ``(SamplingConfig, SamplingParams)``.
 
@@ -351,6 +430,13 @@ def make_sampling_params(
         >= the longest row (0 without bias).
       config: fixed limits to check the values against (one compilation for every request that
         fits); default: the smallest limits that fit these values.
+      min_p: one value or B values in [0, 1]; 0 = off.
+      repetition_penalty: one value or B values > 0 (at most 100); 1 = off.
+      presence_penalty, frequency_penalty: one value or B values in [-2, 2] (OpenAI's range).
+      seed: None (every row keyed by the loop's key and its row), one int for all rows or B of
+        them (None entries: the loop's key), each in [0, 2**31).
+      prompts: per row its prompt ids (full vocabulary), for the repetition penalty.
+      vocab_map: the engine's reduced-vocabulary map (maps ``prompts`` onto logit columns).
 
     Returns:
       ``(config, params)``; ``config`` is static for jit, ``params`` a pytree of ``[B]``/``[B, N]``.
@@ -358,7 +444,7 @@ def make_sampling_params(
     Raises:
       InputError: naming the field, the value and the limit.
     """
-    config, (temps, ks, ps, rows) = _host_values(
+    config, (temps, ks, ps, rows, extra) = _host_values(
         "make_sampling_params",
         batch_size,
         vocab_size=vocab_size,
@@ -369,7 +455,14 @@ def make_sampling_params(
         num_logprobs=num_logprobs,
         max_bias_entries=max_bias_entries,
         config=config,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+        presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty,
+        seed=seed,
+        prompts=prompts,
     )
+    extra = {k: jnp.asarray(v) for k, v in extra.items()}
     ids = np.full((batch_size, config.max_bias_entries), -1, np.int32)
     values = np.zeros((batch_size, config.max_bias_entries), np.float32)
     for b, row in enumerate(rows):
@@ -382,6 +475,8 @@ def make_sampling_params(
         top_p=jnp.asarray(np.asarray(ps, np.float32)),
         bias_ids=jnp.asarray(ids),
         bias_values=jnp.asarray(values),
+        **extra,
+        prompt_seen=jnp.asarray(prompt_mask(prompts, batch_size, vocab_size, vocab_map)),
     )
     return config, params
 
@@ -412,6 +507,12 @@ def _host_values(
     num_logprobs: int | Sequence[int] = 0,
     max_bias_entries: int | None = None,
     config: SamplingConfig | None = None,
+    min_p: float | Sequence[float] = 0.0,
+    repetition_penalty: float | Sequence[float] = 1.0,
+    presence_penalty: float | Sequence[float] = 0.0,
+    frequency_penalty: float | Sequence[float] = 0.0,
+    seed: int | Sequence[int | None] | None = None,
+    prompts: Sequence[Sequence[int]] | None = None,
 ):
     _check_int(where, "batch_size", batch_size, 1, None)
     _check_int(where, "vocab_size", vocab_size, 1, None)
@@ -425,6 +526,11 @@ def _host_values(
     for b, p in enumerate(ps):
         if not 0 < p <= 1:
             raise InputError(f"{where}: top_p[{b}]={p} (expected 0 < top_p <= 1); 1 turns it off")
+    extra = _penalty_rows(
+        where, batch_size, min_p, repetition_penalty, presence_penalty, frequency_penalty, seed
+    )
+    if prompts is not None and len(prompts) != batch_size:
+        raise InputError(f"{where}: len(prompts)={len(prompts)} (expected batch_size={batch_size})")
     rows = _bias_rows(where, logit_bias, batch_size, vocab_size)
     longest = max(len(r) for r in rows)
     if config is None:
@@ -438,7 +544,35 @@ def _host_values(
             f"{config.max_bias_entries} or None); the config fixes the bias width"
         )
     _check_limits(where, config, ks, nlp, longest)
-    return config, (temps, ks, ps, rows)
+    return config, (temps, ks, ps, rows, extra)
+
+
+def _penalty_rows(where, batch, min_p, repetition, presence, frequency, seed) -> dict:
+    """Checked ``[B]`` host arrays of min-p, the three penalties and the row seeds."""
+    out = {}
+    for name, value, low, high, open_low in (
+        ("min_p", min_p, 0.0, 1.0, False),
+        ("repetition_penalty", repetition, 0.0, 100.0, True),
+        ("presence_penalty", presence, -2.0, 2.0, False),
+        ("frequency_penalty", frequency, -2.0, 2.0, False),
+    ):
+        vals = _per_row(where, name, value, batch)
+        for b, v in enumerate(vals):
+            ok = (low < v if open_low else low <= v) and v <= high  # also rejects NaN
+            if not ok:
+                bound = f"{low:g} < {name} <= {high:g}" if open_low else f"{low:g}..{high:g}"
+                raise InputError(f"{where}: {name}[{b}]={v} (expected {bound})")
+        out[name] = np.asarray(vals, np.float32)
+    seeds = [seed] * batch if seed is None or isinstance(seed, (int, np.integer)) else list(seed)
+    if len(seeds) != batch:
+        raise InputError(f"{where}: len(seed)={len(seeds)} (expected batch_size={batch})")
+    for b, v in enumerate(seeds):
+        if v is not None and (
+            not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 0 <= v < 2**31
+        ):
+            raise InputError(f"{where}: seed[{b}]={v!r} (expected an int in [0, 2**31) or None)")
+    out["seed"] = np.asarray([-1 if v is None else v for v in seeds], np.int32)
+    return out
 
 
 def _per_row_int(where: str, name: str, value, batch: int, high: int | None) -> list[int]:

@@ -11,7 +11,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ..runtime.sampling import SamplingConfig, SamplingParams
 from .spec_io import SpecIO
@@ -36,6 +35,8 @@ class PipelineIO:
       row_keys: ``[B, 2]`` uint32 per-row PRNG key data.
       sampling: per-row sampling values (``[B]``, bias ``[B, N]``).
       spec: speculative-decoding buffers (``state/spec_io.py``), None for vanilla decoding.
+      counts: ``[B, V]`` int32 ids each row generated so far (presence/frequency/repetition
+        penalties; ``runtime/penalties.py``).
     """
 
     inputs_embeds: jax.Array  # [B, 1, H] model dtype
@@ -51,6 +52,7 @@ class PipelineIO:
     row_keys: jax.Array  # [B, 2] u32
     sampling: SamplingParams
     spec: SpecIO | None = None
+    counts: jax.Array  # [B, V] i32
 
     @classmethod
     def create(
@@ -76,13 +78,8 @@ class PipelineIO:
             limits=jnp.zeros((batch,), jnp.int32),
             hit_eos=jnp.zeros((batch,), bool),
             row_keys=jnp.zeros((batch, 2), jnp.uint32),
-            sampling=SamplingParams(
-                temperature=jnp.ones((batch,), jnp.float32),
-                top_k=jnp.zeros((batch,), jnp.int32),
-                top_p=jnp.ones((batch,), jnp.float32),
-                bias_ids=jnp.asarray(np.full((batch, n), -1, np.int32)),
-                bias_values=jnp.zeros((batch, n), jnp.float32),
-            ),
+            sampling=SamplingParams.neutral(batch, vocab_size, n),
+            counts=jnp.zeros((batch, vocab_size), jnp.int32),
         )
 
     @classmethod
