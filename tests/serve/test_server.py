@@ -75,7 +75,7 @@ def cli_text(prompt: str, n: int, chat: bool) -> str:
         "--max-new-tokens",
         str(n),
     ]
-    args += [] if chat else ["--no-chat"]
+    args += ["--json"] + ([] if chat else ["--no-chat"])
     args += ["--max-batch", "4", "--max-input-len", "64", "--kv-capacity", "256"]
     with contextlib.redirect_stdout(out):
         assert cli.main(args) == 0
