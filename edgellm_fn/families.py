@@ -24,6 +24,7 @@ SEMANTIC_FIELDS: dict[str, tuple[str, ...]] = {
     "use_sliding_window": ("qwen2", "qwen3"),
     "max_window_layers": ("qwen2", "qwen3"),
     "sliding_window": ("qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3_text"),
+    # Mistral's sliding_window applies to every layer; per-layer types are Ministral's.
     "layer_types": ("qwen2", "qwen3", "gemma2", "gemma3_text"),
     "query_pre_attn_scalar": ("gemma2", "gemma3_text"),
     "final_logit_softcapping": ("gemma2", "gemma3_text"),
@@ -73,12 +74,6 @@ def check_fields(raw: Mapping[str, Any], family: str, where: str) -> None:
             f"{where}: {key}={show(raw[key])} (expected absent or null for model_type "
             f"{family!r}; only {readers} read it); transformers would ignore it for this "
             "family, so the config was probably edited for another one"
-        )
-    if family == "mistral" and raw.get("layer_types") is not None:
-        raise ConfigError(
-            f"{where}: layer_types={show(raw['layer_types'])} (expected absent for "
-            "MistralForCausalLM, whose sliding_window applies to every layer); per-layer "
-            "attention types are Ministral's"
         )
 
 

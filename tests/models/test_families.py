@@ -76,4 +76,6 @@ def test_gemma_takes_the_reference_path_with_a_named_reason(checkpoints):
     engine = make_engine(checkpoints["gemma2"])
     why = ef.models.fused.kernel_support(engine.config, 1, "gpu")
     assert "soft-capping" in why and "sandwich_norms" in why
-    assert ef.models.fused.kernel_support(make_engine(checkpoints["mistral"]).config, 1, "cpu") is None
+    assert (
+        ef.models.fused.kernel_support(make_engine(checkpoints["mistral"]).config, 1, "cpu") is None
+    )
