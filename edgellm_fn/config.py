@@ -23,6 +23,10 @@ ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    "MistralForCausalLM": "mistral",
+    "Gemma2ForCausalLM": "gemma2",
+    "Gemma3ForCausalLM": "gemma3_text",
+    "Phi3ForCausalLM": "phi3",
 }
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 ACTIVATIONS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
@@ -93,7 +97,8 @@ class RopeConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    """Dimensions and options of a Llama-family decoder (Llama 3.x, Qwen2/2.5, Qwen3).
+    """Dimensions and options of a dense decoder (Llama 3.x, Qwen2/2.5, Qwen3, Mistral, Gemma 2/3
+    text, Phi-3; ``families.py`` parses the family-specific fields).
 
     Attributes:
       architecture: e.g. ``"LlamaForCausalLM"``.
@@ -109,6 +114,16 @@ class ModelConfig:
       max_position_embeddings: trained context length.
       dtype: checkpoint dtype name.
       bos_token_id, eos_token_ids: special ids (eos may be several).
+      norm_offset: RMSNorm multiplies by ``offset + weight`` in float32 (1 for Gemma), else
+        by ``weight`` after the cast back (0, Llama).
+      sandwich_norms: extra norms on the attention and MLP outputs before each residual add
+        (Gemma 2/3: ``post_attn_norm``, ``post_mlp_norm``).
+      embed_scale: the input embeddings are multiplied by it in the model dtype (Gemma:
+        ``sqrt(hidden_size)``); inside the engine, so ``inputs_embeds`` stay plain lookups.
+      query_pre_attn_scalar: attention scores scale by its ``** -0.5`` (None: ``head_dim``).
+      attn_softcap, final_softcap: ``cap * tanh(x / cap)`` on attention scores / final logits.
+      local_rope: RoPE of the sliding-window layers when it differs from ``rope`` (Gemma 3's
+        ``rope_local_base_freq``); the rope table then holds both, ``rope`` first.
     """
 
     architecture: str
@@ -132,10 +147,40 @@ class ModelConfig:
     dtype: str
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
+    norm_offset: float = 0.0
+    sandwich_norms: bool = False
+    embed_scale: float = 1.0
+    query_pre_attn_scalar: float | None = None
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    local_rope: RopeConfig | None = None
 
     @property
     def family(self) -> str:
         return ARCHITECTURES[self.architecture]
+
+    @property
+    def attn_scale(self) -> float:
+        """The attention score scale (``query_pre_attn_scalar ** -0.5``, default ``D ** -0.5``)."""
+        return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+    @property
+    def rope_width(self) -> int:
+        """Last dim of the rope table: ``rotary_dim``, twice that with a ``local_rope``."""
+        return self.rope.rotary_dim * (2 if self.local_rope else 1)
+
+    @property
+    def llama_compatible(self) -> bool:
+        """True when the network is plain Llama math (what the fused kernels implement)."""
+        return (
+            self.norm_offset == 0.0
+            and not self.sandwich_norms
+            and self.embed_scale == 1.0
+            and self.query_pre_attn_scalar is None
+            and self.attn_softcap is None
+            and self.final_softcap is None
+            and self.local_rope is None
+        )
 
     @property
     def q_size(self) -> int:
@@ -316,7 +361,7 @@ class EngineConfig:
         """
         m = self.model
         b = self.max_batch_size if batch is None else batch
-        rope = self.kv_capacity * m.rope.rotary_dim * 4
+        rope = self.kv_capacity * m.rope_width * 4
         embeds = b * self.max_input_len * m.hidden_size * _ITEMSIZE[self.dtype]
         return self.kv_cache_bytes(b) + rope + embeds + b * self.output_vocab_size * 4
 
@@ -643,7 +688,7 @@ def _parse_model(raw: Mapping[str, Any], where: str) -> ModelConfig:
         ):
             raise ConfigError(
                 f"{where}: architectures={show(archs)} (expected one of "
-                f"{sorted(ARCHITECTURES)}); this runtime supports the Llama family"
+                f"{sorted(ARCHITECTURES)}); README.md lists the supported families"
             )
         arch = archs[0]
         if model_type is not None and model_type != ARCHITECTURES[arch]:
@@ -659,6 +704,10 @@ def _parse_model(raw: Mapping[str, Any], where: str) -> ModelConfig:
             f"{show(model_type)} is not one of {sorted(ARCHITECTURES.values())})"
         )
     family = ARCHITECTURES[arch]
+    from . import families as fam  # lazily: families imports nothing from here at module level
+
+    fam.check_fields(raw, family, where)
+    fdefaults = fam.DEFAULTS.get(family, {})
 
     hidden = _positive(raw, "hidden_size", where)
     heads = _positive(raw, "num_attention_heads", where)
@@ -669,7 +718,7 @@ def _parse_model(raw: Mapping[str, Any], where: str) -> ModelConfig:
             f"{where}: num_key_value_heads={kv_heads} (expected a divisor of "
             f"num_attention_heads={heads})"
         )
-    head_dim = _positive(raw, "head_dim", where, default=None)
+    head_dim = _positive(raw, "head_dim", where, default=fdefaults.get("head_dim"))
     if head_dim is None:
         if hidden % heads:
             raise ConfigError(
@@ -678,9 +727,11 @@ def _parse_model(raw: Mapping[str, Any], where: str) -> ModelConfig:
             )
         head_dim = hidden // heads
 
-    act = _get(raw, "hidden_act", str, where, default="silu")
+    gemma = family in fam.GEMMA
+    act_key = "hidden_activation" if gemma else "hidden_act"
+    act = _get(raw, act_key, str, where, default="gelu_pytorch_tanh" if gemma else "silu")
     if act not in ACTIVATIONS:
-        raise ConfigError(f"{where}: hidden_act={show(act)} (expected one of {ACTIVATIONS})")
+        raise ConfigError(f"{where}: {act_key}={show(act)} (expected one of {ACTIVATIONS})")
     attention_bias = _get(raw, "attention_bias", bool, where, default=False)
     qkv_bias = True if family == "qwen2" else attention_bias
     o_bias = False if family == "qwen2" else attention_bias
@@ -693,6 +744,17 @@ def _parse_model(raw: Mapping[str, Any], where: str) -> ModelConfig:
             f"{where}: bos_token_id={show(raw['bos_token_id'])} (expected one int >= 0)"
         )
     max_pos = _positive(raw, "max_position_embeddings", where, default=2048)
+    extra: dict[str, Any] = {}
+    if family == "gemma3_text":
+        full, local, rwhere = fam.gemma3_rope_params(raw, where)
+        rope = _rope_from_params(full, head_dim, max_pos, f"{rwhere}.full_attention")
+        extra["local_rope"] = _rope_from_params(
+            local, head_dim, max_pos, f"{rwhere}.sliding_attention"
+        )
+    else:
+        rope = _parse_rope(raw, head_dim, max_pos, where, family)
+    if gemma:
+        extra.update(fam.gemma_fields(raw, family, hidden, where))
 
     return ModelConfig(
         architecture=arch,
@@ -705,17 +767,24 @@ def _parse_model(raw: Mapping[str, Any], where: str) -> ModelConfig:
         head_dim=head_dim,
         rms_norm_eps=_real(raw, "rms_norm_eps", where, positive=True, default=1e-6),
         hidden_act=act,
-        tie_word_embeddings=_get(raw, "tie_word_embeddings", bool, where, default=False),
+        tie_word_embeddings=_get(
+            raw,
+            "tie_word_embeddings",
+            bool,
+            where,
+            default=fdefaults.get("tie_word_embeddings", False),
+        ),
         qkv_bias=qkv_bias,
         o_bias=o_bias,
         mlp_bias=mlp_bias,
-        qk_norm=family == "qwen3",
+        qk_norm=family in ("qwen3", "gemma3_text"),
         sliding_windows=_parse_sliding_windows(raw, family, layers, where),
-        rope=_parse_rope(raw, head_dim, max_pos, where),
+        rope=rope,
         max_position_embeddings=max_pos,
         dtype=dtype,
         bos_token_id=bos[0] if bos else None,
         eos_token_ids=_token_id(raw, "eos_token_id", where),
+        **extra,
     )
 
 
@@ -725,15 +794,31 @@ def _parse_sliding_windows(
     """Per-layer sliding windows; Qwen2/3 use them only with ``use_sliding_window``.
 
     As in transformers 5, ``use_sliding_window`` with ``sliding_window: null`` means full
-    attention in every layer (the window, not ``layer_types``, decides).
+    attention in every layer (the window, not ``layer_types``, decides). Mistral and Phi-3
+    apply ``sliding_window`` to every layer; Gemma alternates local and global layers.
     """
-    if family == "llama" or not _get(raw, "use_sliding_window", bool, where, default=False):
+    from . import families as fam
+
+    if family in ("mistral", "phi3"):
+        return (fam.sliding_window(raw, family, where) or 0,) * layers
+    gemma = family in fam.GEMMA
+    if gemma:
+        window = fam.sliding_window(raw, family, where)
+        if window is None:
+            raise ConfigError(
+                f"{where}: sliding_window=None (expected an integer >= 1 for {family}); its "
+                "local layers attend over a window"
+            )
+    elif family == "llama" or not _get(raw, "use_sliding_window", bool, where, default=False):
         return (0,) * layers
-    window = _positive(raw, "sliding_window", where, default=None)
+    else:
+        window = _positive(raw, "sliding_window", where, default=None)
     if window is None:
         return (0,) * layers
     layer_types = raw.get("layer_types")
-    if layer_types is None:
+    if gemma:
+        layer_types = fam.gemma_layer_types(raw, family, layers, where)
+    elif layer_types is None:
         first = _get(raw, "max_window_layers", int, where, default=layers)
         layer_types = [
             "sliding_attention" if i >= first else "full_attention" for i in range(layers)
@@ -755,7 +840,9 @@ def _parse_sliding_windows(
     return tuple(out)
 
 
-def _parse_rope(raw: Mapping[str, Any], head_dim: int, max_pos: int, where: str) -> RopeConfig:
+def _parse_rope(
+    raw: Mapping[str, Any], head_dim: int, max_pos: int, where: str, family: str = "llama"
+) -> RopeConfig:
     """Accepts both ``rope_parameters`` (transformers 5) and ``rope_theta``+``rope_scaling``."""
     params = raw.get("rope_parameters")
     rwhere = f"{where}: rope_parameters"
@@ -774,7 +861,20 @@ def _parse_rope(raw: Mapping[str, Any], head_dim: int, max_pos: int, where: str)
     params = dict(params)
     if "partial_rotary_factor" in raw:
         params.setdefault("partial_rotary_factor", raw["partial_rotary_factor"])
+    if family == "phi3" and raw.get("original_max_position_embeddings") is not None:
+        params.setdefault(
+            "original_max_position_embeddings", raw["original_max_position_embeddings"]
+        )
+    return _rope_from_params(params, head_dim, max_pos, rwhere)
+
+
+def _rope_from_params(
+    params: Mapping[str, Any], head_dim: int, max_pos: int, rwhere: str
+) -> RopeConfig:
+    """One rope parameter set (``rope_type``, ``rope_theta``, scaling fields) checked."""
     rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type == "su":  # Phi-3's first name of longrope (transformers maps it the same way)
+        rope_type = "longrope"
     if not isinstance(rope_type, str) or rope_type not in ROPE_TYPES:
         raise ConfigError(f"{rwhere}: rope_type={show(rope_type)} (expected one of {ROPE_TYPES})")
     theta = _real(params, "rope_theta", rwhere, positive=True, default=10000.0)

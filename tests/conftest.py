@@ -35,6 +35,57 @@ FAMILIES = {
             num_attention_heads=4, num_key_value_heads=1, head_dim=24, tie_word_embeddings=False
         ),
     ),
+    "mistral": dict(  # sliding window on every layer, GQA
+        arch="MistralForCausalLM",
+        kwargs=dict(num_attention_heads=4, num_key_value_heads=2, sliding_window=5),
+    ),
+    "gemma2": dict(  # sandwich (1 + w) norms, soft-capping, query_pre_attn_scalar, local/global
+        arch="Gemma2ForCausalLM",
+        kwargs=dict(
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            query_pre_attn_scalar=24,
+            sliding_window=5,
+            attn_logit_softcapping=1.5,
+            final_logit_softcapping=2.5,
+            hidden_activation="gelu_pytorch_tanh",
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        ),
+    ),
+    "gemma3": dict(  # + q/k norm, its own rope for local layers, scaled global rope
+        arch="Gemma3ForCausalLM",
+        config="Gemma3TextConfig",
+        kwargs=dict(
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=5,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            rope_parameters={
+                "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 50000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+            },
+        ),
+    ),
+    "phi3": dict(  # fused qkv_proj / gate_up_proj, partial rotary, longrope (short factors)
+        arch="Phi3ForCausalLM",
+        kwargs=dict(
+            pad_token_id=0,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            original_max_position_embeddings=64,
+            rope_parameters={
+                "rope_type": "longrope",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.5,
+                "short_factor": [1.0, 1.3, 1.9, 2.6],
+                "long_factor": [1.5, 2.5, 4.0, 7.0],
+            },
+        ),
+    ),
 }
 
 
@@ -57,9 +108,16 @@ def make_hf_model(family: str, seed: int = 0, **overrides):
     )
     kwargs.update(spec["kwargs"])
     kwargs.update(overrides)
-    config_cls = getattr(transformers, spec["arch"].replace("ForCausalLM", "Config"))
+    config_cls = getattr(
+        transformers, spec.get("config", spec["arch"].replace("ForCausalLM", "Config"))
+    )
     torch.manual_seed(seed)
     model = getattr(transformers, spec["arch"])(config_cls(**kwargs)).eval()
+    if family.startswith("gemma"):  # (1 + w) norms start at w = 0: random w tests the offset
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "norm" in name:
+                    param.normal_(0.0, 0.3)
     if family == "qwen2":  # random (non-zero) biases so the bias path is really tested
         with torch.no_grad():
             for layer in model.model.layers:

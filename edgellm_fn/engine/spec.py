@@ -217,7 +217,7 @@ def build_llm_spec(cfg: EngineConfig, max_decode_len: int = 1) -> EngineSpec:
             "rope_rotary_cos_sin",
             "in",
             "float32",
-            (("rope_batch",), ("kv_len",), m.rope.rotary_dim),
+            (("rope_batch",), ("kv_len",), m.rope_width),
         ),
         TensorSpec("last_token_ids", "in", "int32", (batch, ("select_len",))),
     ]

@@ -191,5 +191,5 @@ def _cuda_built() -> bool:
 
 
 def _flash_ok(m) -> bool:
-    """cuDNN's flash attention takes head_dim a multiple of 8 up to 128."""
-    return m.head_dim % 8 == 0 and m.head_dim <= 128
+    """cuDNN's flash attention takes head_dim a multiple of 8 up to 128 and no soft-capping."""
+    return m.head_dim % 8 == 0 and m.head_dim <= 128 and m.attn_softcap is None

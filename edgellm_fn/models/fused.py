@@ -42,6 +42,20 @@ def kernel_support(cfg: EngineConfig, batch: int, platform: str) -> str | None:
         )
     if m.hidden_act not in ACTIVATIONS:
         return f"hidden_act={m.hidden_act!r} has no fused kernel"
+    unfused = [
+        name
+        for name, on in (
+            ("norm_offset (RMSNorm times 1 + weight)", m.norm_offset != 0.0),
+            ("sandwich_norms", m.sandwich_norms),
+            ("embed_scale", m.embed_scale != 1.0),
+            ("attention soft-capping", m.attn_softcap is not None),
+            ("final logit soft-capping", m.final_softcap is not None),
+            ("a local rope for sliding layers", m.local_rope is not None),
+        )
+        if on
+    ]
+    if unfused:
+        return f"{m.family}: {', '.join(unfused)} have no fused kernel"
     if cfg.kv_dtype != cfg.dtype:
         return f"kv_dtype={cfg.kv_dtype} differs from dtype={cfg.dtype}"
     if platform != "gpu":
@@ -109,6 +123,7 @@ def decode_layers(
             k_norm=lp.get("k_norm"),
             eps=eps,
             window=cfg.sliding_windows[i],
+            scale=cfg.attn_scale,
         )
         x = linear(attn, lp["wo"], bias=lp.get("bo"), residual=x)
         h = linear(

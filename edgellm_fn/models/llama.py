@@ -1,4 +1,4 @@
-"""The Llama-family decoder (Llama 3.x, Qwen2/2.5, Qwen3) in JAX, numerically as ``transformers``.
+"""The dense decoder (Llama 3.x, Qwen2/3, Mistral, Gemma 2/3, Phi-3) in JAX, as ``transformers``.
 
 Params pytree (linear weights stored ``[out, in]`` as in the checkpoint, so a decode GEMV
 streams contiguous rows; q/k/v and gate/up fused at load time)::
@@ -7,7 +7,8 @@ streams contiguous rows; q/k/v and gate/up fused at load time)::
      "layers": [{"attn_norm": [H], "wqkv": [(Hq+2Hkv)*D, H], "bqkv": [(Hq+2Hkv)*D]?,
                  "wo": [H, Hq*D], "bo": [H]?, "q_norm": [D]?, "k_norm": [D]?,
                  "mlp_norm": [H], "w_gate_up": [2F, H], "b_gate_up": [2F]?,
-                 "w_down": [H, F], "b_down": [H]?}, ...]}
+                 "w_down": [H, F], "b_down": [H]?,
+                 "post_attn_norm": [H]?, "post_mlp_norm": [H]? (Gemma's sandwich norms)}, ...]}
 
 KV cache writes and attention work on the full-capacity slab ``[B, Hkv, C, D]`` of each layer::
 
@@ -42,11 +43,25 @@ ACTIVATIONS = {
 }
 
 
-def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
-    """RMSNorm computed in float32, cast back before the weight (as transformers)."""
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float, offset: float = 0.0) -> jax.Array:
+    """RMSNorm computed in float32, as transformers.
+
+    ``offset=0`` (Llama): cast back, then times ``weight``; ``offset=1`` (Gemma): times
+    ``1 + weight`` in float32, then cast back.
+    """
     xf = x.astype(jnp.float32)
     xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    if offset:
+        return (xf * (offset + weight.astype(jnp.float32))).astype(x.dtype)
     return weight * xf.astype(x.dtype)
+
+
+def softcap(x: jax.Array, cap: float | None) -> jax.Array:
+    """``cap * tanh(x / cap)`` (Gemma's logit soft-capping); ``x`` itself when ``cap`` is None."""
+    if cap is None:
+        return x
+    c = jnp.asarray(cap, x.dtype)
+    return jnp.tanh(x / c) * c
 
 
 def linear(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
@@ -77,6 +92,7 @@ def attend(
     context_lengths: jax.Array,
     window: int,
     scale: float | None = None,
+    logit_cap: float | None = None,
     mask: jax.Array | None = None,
 ) -> jax.Array:
     """Grouped-query attention of new queries over a full KV slab.
@@ -88,6 +104,7 @@ def attend(
       context_lengths: ``[B]`` int32 valid slots of each row after this step.
       window: sliding window in tokens, 0 for full attention.
       scale: score scale, ``D ** -0.5`` by default.
+      logit_cap: soft-capping of the scaled scores (``softcap``), None for none.
       mask: ``[B, S, C]`` bool slots each query sees; replaces the causal/length/window mask
         (a speculative-decoding tree, ``models/tree.py``).
 
@@ -99,7 +116,7 @@ def attend(
     qg = q.reshape(b, s, hkv, hq // hkv, d)
     scale = d**-0.5 if scale is None else scale
     scores = jnp.einsum("bskgd,bkcd->bkgsc", qg, k_cache, preferred_element_type=jnp.float32)
-    scores = scores * scale
+    scores = softcap(scores * scale, logit_cap)
     if mask is None:
         slot = jnp.arange(cap, dtype=jnp.int32)[None, None, :]
         pos = positions[:, :, None]
@@ -115,7 +132,12 @@ def attend(
 
 
 def attend_fresh(
-    q: jax.Array, k: jax.Array, v: jax.Array, context_lengths: jax.Array, window: int
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    context_lengths: jax.Array,
+    window: int,
+    scale: float | None = None,
 ) -> jax.Array:
     """Causal attention of a fresh prefill over its own tokens only (cuDNN flash attention).
 
@@ -134,6 +156,7 @@ def attend_fresh(
         is_causal=True,
         query_seq_lengths=context_lengths,
         key_value_seq_lengths=context_lengths,
+        scale=scale,
         local_window_size=(window - 1, 0) if window else None,
         implementation="cudnn",
     )
@@ -179,28 +202,41 @@ def decoder_layer(
         return y + jnp.concatenate([lora_delta(inp, lora[t]) for t in targets], axis=-1)
 
     b, s, _ = x.shape
-    h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
+    eps, off = cfg.rms_norm_eps, cfg.norm_offset
+    if cfg.local_rope is not None:  # [global | local] tables: a sliding layer takes its own
+        rot = cfg.rope.rotary_dim
+        cos_sin = cos_sin[..., rot:] if window else cos_sin[..., :rot]
+    h = rms_norm(x, lp["attn_norm"], eps, off)
     qkv = adapt(linear(h, lp["wqkv"], lp.get("bqkv")), h, "q_proj", "k_proj", "v_proj")
     q, k, v = jnp.split(qkv, [cfg.q_size, cfg.q_size + cfg.kv_size], axis=-1)
     q = q.reshape(b, s, cfg.num_attention_heads, cfg.head_dim)
     k = k.reshape(b, s, cfg.num_key_value_heads, cfg.head_dim)
     v = v.reshape(b, s, cfg.num_key_value_heads, cfg.head_dim)
     if cfg.qk_norm:
-        q = rms_norm(q, lp["q_norm"], cfg.rms_norm_eps)
-        k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps)
+        q = rms_norm(q, lp["q_norm"], eps, off)
+        k = rms_norm(k, lp["k_norm"], eps, off)
     q, k = apply_rope(q, cos_sin), apply_rope(k, cos_sin)
     k_cache = write_kv(k_cache, k, write_pos)
     v_cache = write_kv(v_cache, v, write_pos)
+    scale = cfg.attn_scale
     if flash:
-        attn = attend_fresh(q, k, v, context_lengths, window)
+        attn = attend_fresh(q, k, v, context_lengths, window, scale)
     else:
-        attn = attend(q, k_cache, v_cache, positions, context_lengths, window, mask=mask)
-    x = x + adapt(linear(attn, lp["wo"], lp.get("bo")), attn, "o_proj")
-    h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps)
+        attn = attend(
+            q, k_cache, v_cache, positions, context_lengths, window, scale, cfg.attn_softcap,
+            mask=mask,
+        )  # fmt: skip
+    out = adapt(linear(attn, lp["wo"], lp.get("bo")), attn, "o_proj")
+    if cfg.sandwich_norms:
+        out = rms_norm(out, lp["post_attn_norm"], eps, off)
+    x = x + out
+    h = rms_norm(x, lp["mlp_norm"], eps, off)
     gate_up = adapt(linear(h, lp["w_gate_up"], lp.get("b_gate_up")), h, "gate_proj", "up_proj")
     gate, up = jnp.split(gate_up, 2, axis=-1)
     act = ACTIVATIONS[cfg.hidden_act](gate) * up
     down = adapt(linear(act, lp["w_down"], lp.get("b_down")), act, "down_proj")
+    if cfg.sandwich_norms:
+        down = rms_norm(down, lp["post_mlp_norm"], eps, off)
     return x + down, k_cache, v_cache
 
 
@@ -220,7 +256,10 @@ def run_layers(
     """All decoder layers; returns final hidden ``[B, S, H]`` (before the final norm) and caches.
 
     ``lora``: per layer, the rows' adapter pairs (``models.lora.gather_rows``), or None.
+    ``x`` is the plain embedding lookup; ``cfg.embed_scale`` (Gemma) is applied here.
     """
+    if cfg.embed_scale != 1.0:
+        x = x * jnp.asarray(cfg.embed_scale, x.dtype)
     new_k, new_v = [], []
     for i, lp in enumerate(params["layers"]):
         x, k, v = decoder_layer(
@@ -243,11 +282,12 @@ def run_layers(
 
 
 def lm_logits(cfg: ModelConfig, params: Params, hidden: jax.Array) -> jax.Array:
-    """Final norm and lm_head; float32 logits ``[..., V]``."""
-    h = rms_norm(hidden, params["final_norm"], cfg.rms_norm_eps)
+    """Final norm and lm_head (then ``final_softcap``); float32 logits ``[..., V]``."""
+    h = rms_norm(hidden, params["final_norm"], cfg.rms_norm_eps, cfg.norm_offset)
     head = params.get("lm_head", params["embed"])  # [V, H]
     dims = (((h.ndim - 1,), (1,)), ((), ()))
-    return jax.lax.dot_general(h, head, dims, preferred_element_type=jnp.float32)
+    logits = jax.lax.dot_general(h, head, dims, preferred_element_type=jnp.float32)
+    return softcap(logits, cfg.final_softcap)
 
 
 def forward(cfg: ModelConfig, params: Params, tokens: jax.Array) -> jax.Array:
@@ -259,12 +299,12 @@ def forward(cfg: ModelConfig, params: Params, tokens: jax.Array) -> jax.Array:
     Returns:
       ``[B, T, V]`` float32 logits.
     """
-    from ..state.rope import rope_table
+    from ..state.rope import model_rope_table
 
     b, t = tokens.shape
     x = params["embed"][tokens]
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    cos_sin = jnp.broadcast_to(rope_table(cfg.rope, t)[0], (b, t, cfg.rope.rotary_dim))
+    cos_sin = jnp.broadcast_to(model_rope_table(cfg, t)[0], (b, t, cfg.rope_width))
     shape = (b, cfg.num_key_value_heads, t, cfg.head_dim)
     caches = [jnp.zeros(shape, x.dtype) for _ in range(cfg.num_hidden_layers)]
     lengths = jnp.full((b,), t, jnp.int32)

@@ -2,7 +2,9 @@
 
 Single-file (``model.safetensors``) and sharded (``model.safetensors.index.json``) checkpoints are
 read; q/k/v and gate/up projections are fused, keeping the checkpoint's ``[out, in]`` layout
-(see ``models/llama.py`` for the params pytree).
+(see ``models/llama.py`` for the params pytree). Phi-3 checkpoints hold them fused already
+(``qkv_proj``, ``gate_up_proj``: the same row order); Gemma's four norms per layer are mapped
+by ``norm_names``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,23 @@ from .safetensors_io import (
 )
 
 
+def norm_names(cfg: ModelConfig) -> dict[str, str]:
+    """Params key of each per-layer norm -> its Hugging Face name (under ``model.layers.i.``)."""
+    if cfg.sandwich_norms:  # Gemma: post_attention_layernorm normalises the attention output
+        return {
+            "attn_norm": "input_layernorm",
+            "post_attn_norm": "post_attention_layernorm",
+            "mlp_norm": "pre_feedforward_layernorm",
+            "post_mlp_norm": "post_feedforward_layernorm",
+        }
+    return {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
+
+
+def _fused_checkpoint(cfg: ModelConfig) -> bool:
+    """Phi-3 stores q/k/v as one ``qkv_proj`` and gate/up as one ``gate_up_proj``."""
+    return cfg.family == "phi3"
+
+
 def hf_tensor_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor name the checkpoint must hold, with its Hugging Face shape ``[out, in]``."""
     h, f, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
@@ -37,8 +56,14 @@ def hf_tensor_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes["lm_head.weight"] = (cfg.vocab_size, h)
     for i in range(cfg.num_hidden_layers):
         p = f"model.layers.{i}."
-        shapes[p + "input_layernorm.weight"] = (h,)
-        shapes[p + "post_attention_layernorm.weight"] = (h,)
+        for hf in norm_names(cfg).values():
+            shapes[p + f"{hf}.weight"] = (h,)
+        if _fused_checkpoint(cfg):
+            shapes[p + "self_attn.qkv_proj.weight"] = (cfg.q_size + 2 * cfg.kv_size, h)
+            shapes[p + "self_attn.o_proj.weight"] = (h, cfg.q_size)
+            shapes[p + "mlp.gate_up_proj.weight"] = (2 * f, h)
+            shapes[p + "mlp.down_proj.weight"] = (h, f)
+            continue  # Phi-3 has no biases or q/k norms
         for name, out in (("q", cfg.q_size), ("k", cfg.kv_size), ("v", cfg.kv_size)):
             shapes[p + f"self_attn.{name}_proj.weight"] = (out, h)
             if cfg.qkv_bias:
@@ -207,16 +232,17 @@ def params_from_hf(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype: str)
     for i in range(cfg.num_hidden_layers):
         p = f"model.layers.{i}."
         a, m = p + "self_attn.", p + "mlp."
-        lp = {
-            "attn_norm": put(t(p + "input_layernorm.weight")),
-            "mlp_norm": put(t(p + "post_attention_layernorm.weight")),
-            "wqkv": put(np.concatenate([t(a + f"{n}_proj.weight") for n in "qkv"], 0)),
-            "wo": put(t(a + "o_proj.weight")),
-            "w_gate_up": put(
+        lp = {key: put(t(p + f"{hf}.weight")) for key, hf in norm_names(cfg).items()}
+        if _fused_checkpoint(cfg):
+            lp["wqkv"] = put(t(a + "qkv_proj.weight"))
+            lp["w_gate_up"] = put(t(m + "gate_up_proj.weight"))
+        else:
+            lp["wqkv"] = put(np.concatenate([t(a + f"{n}_proj.weight") for n in "qkv"], 0))
+            lp["w_gate_up"] = put(
                 np.concatenate([t(m + "gate_proj.weight"), t(m + "up_proj.weight")], 0)
-            ),
-            "w_down": put(t(m + "down_proj.weight")),
-        }
+            )
+        lp["wo"] = put(t(a + "o_proj.weight"))
+        lp["w_down"] = put(t(m + "down_proj.weight"))
         if cfg.qkv_bias:
             lp["bqkv"] = put(np.concatenate([t(a + f"{n}_proj.bias") for n in "qkv"]))
         if cfg.o_bias:
@@ -268,8 +294,14 @@ def params_to_hf(cfg: ModelConfig, params: Params) -> dict[str, np.ndarray]:
     for i, lp in enumerate(params["layers"]):
         p = f"model.layers.{i}."
         a, m = p + "self_attn.", p + "mlp."
-        out[p + "input_layernorm.weight"] = n(lp["attn_norm"])
-        out[p + "post_attention_layernorm.weight"] = n(lp["mlp_norm"])
+        for key, hf in norm_names(cfg).items():
+            out[p + f"{hf}.weight"] = n(lp[key])
+        if _fused_checkpoint(cfg):
+            out[a + "qkv_proj.weight"] = n(lp["wqkv"])
+            out[a + "o_proj.weight"] = n(lp["wo"])
+            out[m + "gate_up_proj.weight"] = n(lp["w_gate_up"])
+            out[m + "down_proj.weight"] = n(lp["w_down"])
+            continue
         wq, wk, wv = np.split(n(lp["wqkv"]), [q, q + kv], axis=0)
         out.update({a + "q_proj.weight": wq, a + "k_proj.weight": wk, a + "v_proj.weight": wv})
         out[a + "o_proj.weight"] = n(lp["wo"])

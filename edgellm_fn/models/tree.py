@@ -121,6 +121,8 @@ def run_layers_aux(
     Returns:
       ``(hidden [B, S, H], aux [B, S, len(aux_layers) * H], k_caches, v_caches)``.
     """
+    if cfg.embed_scale != 1.0:  # as llama.run_layers: x is the plain embedding lookup
+        x = x * jnp.asarray(cfg.embed_scale, x.dtype)
     captured: dict[int, jax.Array] = {}
     new_k, new_v = [], []
     cap = k_caches[0].shape[2]

@@ -18,7 +18,7 @@ from . import host
 from .io import PipelineIO
 from .kv import KVCache
 from .lora import LoraState
-from .rope import rope_table
+from .rope import model_rope_table
 
 
 @jax.tree_util.register_dataclass
@@ -73,7 +73,7 @@ class SharedResources:
 
         return cls(
             kv=kv,
-            rope=rope_table(m.rope, cfg.kv_capacity),
+            rope=model_rope_table(m, cfg.kv_capacity),
             lora=lora,
             weights=copy(weights),
             extra=copy(extra),

@@ -13,7 +13,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from ..config import RopeConfig
+from ..config import ModelConfig, RopeConfig
 from ..errors import ConfigError
 
 
@@ -107,3 +107,15 @@ def rope_table(rope: RopeConfig, capacity: int, rope_batch: int = 1) -> jnp.ndar
     table = np.concatenate([np.cos(freqs) * scaling, np.sin(freqs) * scaling], axis=-1)
     table = np.broadcast_to(table.astype(np.float32), (rope_batch, *table.shape))
     return jnp.asarray(table)
+
+
+def model_rope_table(model: ModelConfig, capacity: int, rope_batch: int = 1) -> jnp.ndarray:
+    """The engine's ``rope_rotary_cos_sin`` ``[rope_batch, capacity, model.rope_width]``.
+
+    ``rope_table(model.rope)``, followed on the last axis by ``rope_table(model.local_rope)``
+    when the sliding-window layers have their own RoPE (Gemma 3).
+    """
+    table = rope_table(model.rope, capacity, rope_batch)
+    if model.local_rope is None:
+        return table
+    return jnp.concatenate([table, rope_table(model.local_rope, capacity, rope_batch)], axis=-1)

@@ -8,7 +8,7 @@ import torch
 
 from ..helpers import greedy, make_engine
 
-FAMILIES = ["llama", "qwen2", "qwen3"]
+FAMILIES = ["llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3"]
 PROMPT = [5, 17, 99, 3, 64, 12, 7, 88, 41]
 
 

@@ -72,8 +72,20 @@ class GraphBuilder:
         return self.const(np.asarray(values, np.int64), "i64")
 
 
-def _rms(g: GraphBuilder, x: str, scale: str, eps: float) -> str:
+def _rms(g: GraphBuilder, x: str, scale: str, eps: float, offset: float = 0.0) -> str:
+    """RMSNorm; ``offset`` (Gemma's 1 + weight) is added in the graph, so bound external
+    weights keep the checkpoint's values."""
+    if offset:
+        scale = g.op("Add", [scale, g.op("CastLike", [g.const(np.float32(offset)), scale])])
     return g.op("RMSNormalization", [x, scale], axis=-1, epsilon=eps, stash_type=1)
+
+
+def _softcap(g: GraphBuilder, x: str, cap: float | None) -> str:
+    """``cap * tanh(x / cap)``; ``x`` itself without a cap."""
+    if cap is None:
+        return x
+    c = g.op("CastLike", [g.const(np.float32(cap)), x])
+    return g.op("Mul", [g.op("Tanh", [g.op("Div", [x, c])]), c])
 
 
 def _linear(g: GraphBuilder, x: str, w: str, b: str | None) -> str:
@@ -115,17 +127,20 @@ def _step_inputs(g: GraphBuilder, cfg: EngineConfig) -> dict[str, str]:
         lo = g.op("Sub", [pos4, g.const(np.int32(w))])
         masks[w] = g.op("And", [base, g.op("Greater", [slot, lo])])
     half = cfg.model.rope.rotary_dim // 2
-    table = g.op("Squeeze", ["rope_rotary_cos_sin", g.i64(0)])  # [C, rot]
-    cos = g.op("Slice", [table, g.i64(0), g.i64(half), g.i64(1)])
-    sin = g.op("Slice", [table, g.i64(half), g.i64(2 * half), g.i64(1)])
-    if dtype != "float32":
-        cos = g.op("Cast", [cos], to=lookup_dtype(dtype).onnx)
-        sin = g.op("Cast", [sin], to=lookup_dtype(dtype).onnx)
+    table = g.op("Squeeze", ["rope_rotary_cos_sin", g.i64(0)])  # [C, rot] (or [C, 2 rot])
+    tables = {}
+    # A local rope (Gemma 3's sliding layers) follows the global one on the last axis.
+    for kind, off in (("", 0), ("local_", 2 * half)) if cfg.model.local_rope else (("", 0),):
+        cos = g.op("Slice", [table, g.i64(off), g.i64(off + half), g.i64(1)])
+        sin = g.op("Slice", [table, g.i64(off + half), g.i64(off + 2 * half), g.i64(1)])
+        if dtype != "float32":
+            cos = g.op("Cast", [cos], to=lookup_dtype(dtype).onnx)
+            sin = g.op("Cast", [sin], to=lookup_dtype(dtype).onnx)
+        tables[f"{kind}cos"], tables[f"{kind}sin"] = cos, sin
     write = g.op("Cast", [start], to=TensorProto.INT64)
     return {
         "rope_pos": rope_pos,
-        "cos": cos,
-        "sin": sin,
+        **tables,
         "write": write,
         **{f"mask{w}": m for w, m in masks.items()},
     }
@@ -149,19 +164,22 @@ def _layer(
         # ONNX MatMul takes [in, out]; the params hold [out, in] (the checkpoint's layout).
         return g.weight(value.T if value.ndim == 2 else value, p + key, dt)
 
-    h = _rms(g, x, w("attn_norm"), m.rms_norm_eps)
+    eps, off = m.rms_norm_eps, m.norm_offset
+    h = _rms(g, x, w("attn_norm"), eps, off)
     qkv = _lora(g, cfg, i, h, _linear(g, h, w("wqkv"), w("bqkv")), "q_proj", "k_proj", "v_proj")
     q, k, v = g.op("Split", [qkv, g.i64(m.q_size, m.kv_size, m.kv_size)], outputs=3, axis=-1)
     q = _heads(g, q, m.num_attention_heads, m.head_dim)
     k = _heads(g, k, m.num_key_value_heads, m.head_dim)
     v = _heads(g, v, m.num_key_value_heads, m.head_dim)
     if m.qk_norm:
-        q = _rms(g, q, w("q_norm"), m.rms_norm_eps)
-        k = _rms(g, k, w("k_norm"), m.rms_norm_eps)
+        q = _rms(g, q, w("q_norm"), eps, off)
+        k = _rms(g, k, w("k_norm"), eps, off)
     q, k, v = (g.op("Transpose", [t], perm=[0, 2, 1, 3]) for t in (q, k, v))  # [B, heads, S, D]
     rope = dict(rotary_embedding_dim=m.rope.rotary_dim, interleaved=0)
-    q = g.op("RotaryEmbedding", [q, s["cos"], s["sin"], s["rope_pos"]], **rope)
-    k = g.op("RotaryEmbedding", [k, s["cos"], s["sin"], s["rope_pos"]], **rope)
+    kind = "local_" if m.local_rope and m.sliding_windows[i] else ""
+    cos, sin = s[f"{kind}cos"], s[f"{kind}sin"]
+    q = g.op("RotaryEmbedding", [q, cos, sin, s["rope_pos"]], **rope)
+    k = g.op("RotaryEmbedding", [k, cos, sin, s["rope_pos"]], **rope)
     caches = []
     for kind, new in (("key", k), ("value", v)):
         if cfg.kv_dtype != dt:
@@ -176,10 +194,16 @@ def _layer(
         caches.append(out if cfg.kv_dtype == dt else g.op("Cast", [out], to=lookup_dtype(dt).onnx))
     mask = s[f"mask{m.sliding_windows[i]}"]
     # No softmax_precision: TensorRT rejects it (its attention layer picks its own precision).
-    y = g.op("Attention", [q, caches[0], caches[1], mask])
+    attn = dict(scale=m.attn_scale)
+    if m.attn_softcap is not None:
+        attn["softcap"] = m.attn_softcap
+    y = g.op("Attention", [q, caches[0], caches[1], mask], **attn)
     y = g.op("Reshape", [g.op("Transpose", [y], perm=[0, 2, 1, 3]), g.i64(0, 0, m.q_size)])
-    x = g.op("Add", [x, _lora(g, cfg, i, y, _linear(g, y, w("wo"), w("bo")), "o_proj")])
-    h = _rms(g, x, w("mlp_norm"), m.rms_norm_eps)
+    out = _lora(g, cfg, i, y, _linear(g, y, w("wo"), w("bo")), "o_proj")
+    if m.sandwich_norms:
+        out = _rms(g, out, w("post_attn_norm"), eps, off)
+    x = g.op("Add", [x, out])
+    h = _rms(g, x, w("mlp_norm"), eps, off)
     gate_up = _lora(
         g, cfg, i, h, _linear(g, h, w("w_gate_up"), w("b_gate_up")), "gate_proj", "up_proj"
     )
@@ -188,6 +212,8 @@ def _layer(
     )
     act = g.op("Mul", [_activation(g, gate, m.hidden_act), up])
     down = _lora(g, cfg, i, act, _linear(g, act, w("w_down"), w("b_down")), "down_proj")
+    if m.sandwich_norms:
+        down = _rms(g, down, w("post_mlp_norm"), eps, off)
     return g.op("Add", [x, down])
 
 
@@ -211,11 +237,14 @@ def decoder_graph(g: GraphBuilder, cfg: EngineConfig, params: Params) -> None:
     m, dt = cfg.model, cfg.dtype
     shared = _step_inputs(g, cfg)
     x = "inputs_embeds"
+    if m.embed_scale != 1.0:  # Gemma: the plain lookup times sqrt(hidden), in the model dtype
+        x = g.op("Mul", [x, g.op("CastLike", [g.const(np.float32(m.embed_scale)), x])])
     for i, lp in enumerate(params["layers"]):
         x = _layer(g, cfg, i, lp, x, shared)
     idx = g.op("Unsqueeze", [g.op("Cast", ["last_token_ids"], to=TensorProto.INT64), g.i64(-1)])
     picked = g.op("GatherND", [x, idx], batch_dims=1)  # [B, sel, H]
-    h = _rms(g, picked, g.weight(params["final_norm"], "final_norm", dt), m.rms_norm_eps)
+    final_norm = g.weight(params["final_norm"], "final_norm", dt)
+    h = _rms(g, picked, final_norm, m.rms_norm_eps, m.norm_offset)
     if LM_HEAD_INPUT in cfg.deployment.extra_inputs:  # bound at run time: [Vout, H]
         head_name = g.op("Transpose", [LM_HEAD_INPUT], perm=[1, 0])
     else:
@@ -225,4 +254,5 @@ def decoder_graph(g: GraphBuilder, cfg: EngineConfig, params: Params) -> None:
     logits = g.op("MatMul", [h, head_name])
     if dt != "float32":
         logits = g.op("Cast", [logits], to=TensorProto.FLOAT)
+    logits = _softcap(g, logits, m.final_softcap)
     g.op("Reshape", [logits, g.i64(-1, cfg.output_vocab_size)], outputs=["logits"])

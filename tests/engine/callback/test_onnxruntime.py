@@ -17,7 +17,7 @@ from edgellm_fn.text.tokenizer import Tokenizer
 from ...helpers import greedy
 from .helpers import DECODE_STEPS, LIMITS, PROMPT_LENGTHS, PROMPTS
 
-FAMILIES = ("llama", "qwen2", "qwen3")
+FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3")
 
 
 @pytest.fixture(scope="module")
