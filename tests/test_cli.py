@@ -137,12 +137,17 @@ def test_one_set_of_defaults_for_every_entry_point(tmp_path):
     gen = _generate_args("--prompt", "hi")
     batch = cli._request_batch(gen)
     parsed = parse_requests({"requests": [{"messages": [{"role": "user", "content": "x"}]}]})
+    from edgellm_fn.runtime.gen_defaults import LIBRARY
+
+    # generate() leaves max_new_tokens to the checkpoint's generation_config.json, else LIBRARY.
+    assert defaults(generate, "max_new_tokens") == (None,)
     assert (
         batch.max_generate_length
         == parsed.max_generate_length
-        == defaults(generate, "max_new_tokens")[0]
+        == LIBRARY.max_new_tokens
         == DEFAULTS["max_new_tokens"]
     )
+    assert (LIBRARY.temperature, LIBRARY.top_p, LIBRARY.top_k) == sampling_values()  # greedy
     assert batch.sampling() == parsed.sampling() == sampling_values()  # greedy
     assert defaults(generate, "temperature", "top_p", "top_k") == (None, None, None)
     assert (
