@@ -285,10 +285,9 @@ def cmd_generate(args) -> int:
 
 def encode_request(tokenizer, messages: list[dict], chat: bool) -> list[int]:
     """Chat-templated (special tokens come from the template) or plain joined contents."""
-    if chat and tokenizer.chat_templates:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-        return tokenizer.encode(text, add_special_tokens=False)
-    return tokenizer.encode("\n".join(m["content"] for m in messages))
+    from .runtime.text_api import encode_messages
+
+    return encode_messages(tokenizer, messages, chat)
 
 
 def cmd_inspect(args) -> int:

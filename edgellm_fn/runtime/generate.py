@@ -24,6 +24,7 @@ from .lora import LoraBank
 from .prompts import bucket_length as bucket_length
 from .prompts import pad_prompts
 from .sampling import REQUEST_LIMITS, SamplingConfig, check_sampling_values, make_sampling_params
+from .text_api import encode_prompts, is_text
 from .vocab import reduce_logit_bias
 
 
@@ -92,8 +93,9 @@ def generate(
     Args:
       engine: any provider.
       tokenizer: for detokenization, stop strings and EOS ids.
-      prompts: token ids of each prompt (chat template already applied), each in
-        ``[0, vocab_size)``.
+      prompts: per prompt its token ids (chat template already applied; each in
+        ``[0, vocab_size)``), a string, or chat messages (``runtime/text_api.py`` encodes them
+        with the checkpoint's chat template).
       max_new_tokens: generation limit, clamped per row to the KV capacity (see
         ``Completion.token_limit``).
       temperature, top_p, top_k: sampling, one value or one per prompt. When none is given, the
@@ -130,6 +132,8 @@ def generate(
         is not ``len(prompts)``, bad sampling values, stop strings, seed, batch size or loop, an
         unknown ``lora_name``.
     """
+    if is_text(prompts):  # strings or chat messages: encoded as `edgellm-fn generate` does
+        prompts = encode_prompts(tokenizer, prompts)
     n = _check_prompts(engine, prompts)
     cfg = engine.config
     where = "generate"

@@ -1,0 +1,124 @@
+"""Text-level generation: prompts as strings or chat messages, and ``stream`` of text deltas.
+
+``generate`` takes token ids; these helpers encode text first, as ``edgellm-fn generate`` does:
+a string is encoded as is (with the tokenizer's special tokens); a list of chat messages
+(``{"role": ..., "content": ...}``) goes through the checkpoint's chat template with the
+generation prompt appended (or, without a template, its contents joined by newlines).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..engine.protocol import Engine
+from ..errors import InputError, show
+from ..text.tokenizer import Tokenizer
+
+#: A prompt: token ids, a string, or chat messages.
+Prompt = Sequence[int] | str | Sequence[Mapping[str, Any]]
+
+
+def encode_messages(
+    tokenizer: Tokenizer, messages: Sequence[Mapping[str, Any]], chat: bool = True
+) -> list[int]:
+    """Chat-templated ids of ``messages`` (special tokens come from the template), or the
+    contents joined by newlines when ``chat`` is off or the checkpoint has no template."""
+    if chat and tokenizer.chat_templates:
+        text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True)
+        return tokenizer.encode(text, add_special_tokens=False)
+    return tokenizer.encode("\n".join(str(m["content"]) for m in messages))
+
+
+def encode_prompts(tokenizer: Tokenizer, prompts: Sequence[Prompt]) -> list[Sequence[int]]:
+    """Token ids of every prompt (ids pass through unchanged).
+
+    Raises:
+      InputError: a prompt that is none of ids, a string or a list of ``{role, content}``
+        messages (the message names the prompt's index).
+    """
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence | np.ndarray):
+        raise InputError(
+            f"generate: prompts={show(prompts)} (expected a list of prompts: token ids, strings "
+            "or chat messages); wrap a single prompt in a list"
+        )
+    out: list[Sequence[int]] = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, str):
+            out.append(tokenizer.encode(p))
+        elif isinstance(p, Sequence) and p and all(isinstance(m, Mapping) for m in p):
+            for j, m in enumerate(p):
+                if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                    raise InputError(
+                        f"generate: prompts[{i}][{j}]={show(m)} (expected a message with string "
+                        "'role' and 'content')"
+                    )
+            out.append(encode_messages(tokenizer, p))
+        else:
+            out.append(p)
+    return out
+
+
+def is_text(prompts) -> bool:
+    """Whether any prompt is a string or a list of chat messages (not token ids)."""
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
+        return False
+    return any(
+        isinstance(p, str) or (isinstance(p, Sequence) and len(p) > 0 and isinstance(p[0], Mapping))
+        for p in prompts
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TextDelta:
+    """One piece of streamed text; the last one carries the ``finish_reason``."""
+
+    text: str
+    finish_reason: str | None = None
+
+
+def stream(engine: Engine, tokenizer: Tokenizer, prompt: Prompt, **kwargs) -> Iterator[TextDelta]:
+    """Generates for one prompt and yields its text as it is decoded (never any part of a stop
+    string), then a last ``TextDelta("", finish_reason)``.
+
+    ``kwargs`` are ``generate``'s (``loop`` is the python loop, ``on_text`` is this iterator's).
+    Errors (``InputError`` for bad arguments) are raised from the iterator, before any token.
+    """
+    from .generate import generate
+
+    for name in ("loop", "on_text"):
+        if name in kwargs:
+            raise InputError(f"stream: {name}= is set by stream itself (got {show(kwargs[name])})")
+    deltas: queue.Queue = queue.Queue()
+
+    def run() -> None:
+        try:
+            done = generate(
+                engine,
+                tokenizer,
+                [prompt],
+                loop="python",
+                on_text=lambda _, text: deltas.put(TextDelta(text)),
+                **kwargs,
+            )
+            deltas.put(TextDelta("", done[0].finish_reason))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer's thread
+            deltas.put(e)
+
+    worker = threading.Thread(target=run, name="edgellm-fn-stream", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = deltas.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if item.finish_reason is not None:
+                return
+    finally:
+        worker.join()
