@@ -353,6 +353,15 @@ def cmd_reduce_vocab(args) -> int:
     return 0
 
 
+def cmd_chat(args) -> int:
+    from .chat import run_chat
+    from .text.tokenizer import Tokenizer
+
+    engine = _engine(args)
+    tokenizer = Tokenizer.from_dir(args.model, vocab_size=engine.config.model.vocab_size)
+    return run_chat(args, engine, tokenizer)
+
+
 def cmd_serve(args) -> int:
     import uvicorn
 
@@ -528,6 +537,17 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
     _add_limits(sv)
     sv.set_defaults(fn=cmd_serve)
+
+    ch = sub.add_parser("chat", help="a multi-turn chat in the terminal (streamed replies)")
+    ch.add_argument("--model", required=True, help="checkpoint or engine directory")
+    ch.add_argument("--system", help="the system prompt")
+    ch.add_argument("--max-new-tokens", type=_int_arg(1), help="tokens per reply")
+    ch.add_argument("--temperature", type=_float_arg(0.0), help="as generate's")
+    ch.add_argument("--top-p", type=_float_arg(0.0, 1.0, open_low=True), help="as generate's")
+    ch.add_argument("--top-k", type=_int_arg(0), help="as generate's; 1 is greedy")
+    ch.add_argument("--seed", type=_int_arg(0, MAX_SEED), default=DEFAULTS["seed"])
+    _add_limits(ch)
+    ch.set_defaults(fn=cmd_chat)
 
     d = sub.add_parser("demo", help="generate with the embedded demo model")
     d.add_argument("--model", default=None, help="another checkpoint instead of the demo model")
