@@ -13,7 +13,7 @@ from edgellm_fn.runtime.lora import load_lora_bank
 from ..lora_common import greedy_lora, make_adapter, peft_logits
 from .test_step_path import count_compiles
 
-FAMILIES = ("llama", "qwen2", "qwen3")
+FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3")  # phi3: fused qkv, refused
 PROMPTS = [[5, 17, 99, 3, 64, 12, 7], [40, 41, 42], [3, 4, 5, 6, 7, 8, 9, 10, 11]]
 STEPS = 6
 # "a": every target, plain scaling. "b": a few targets on layer 1 only, rsLoRA, per-module
