@@ -47,8 +47,6 @@ from .runtime.spec_generate import spec_decode_generate as spec_decode_generate
 from .runtime.steps import decode as decode
 from .runtime.steps import embed as embed
 from .runtime.steps import prefill as prefill
-from .runtime.text_api import TextDelta as TextDelta
-from .runtime.text_api import stream as stream
 from .state.kv import KVCache as KVCache
 from .state.lora import LoraState as LoraState
 from .state.resources import RuntimeState as RuntimeState
@@ -79,7 +77,6 @@ __all__ = [
     "SharedResources",
     "SpecDecodeConfig",
     "SpecResult",
-    "TextDelta",
     "Tokenizer",
     "XlaEngine",
     "accept",
@@ -109,7 +106,6 @@ __all__ = [
     "spec_decode_python",
     "spec_decode_while",
     "spec_prefill",
-    "stream",
     "token_limits",
     "verify_tree",
 ]

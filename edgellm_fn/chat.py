@@ -1,4 +1,4 @@
-"""``edgellm-fn chat``: a multi-turn chat in the terminal, streamed (``runtime/text_api.py``).
+"""``edgellm-fn chat``: a multi-turn chat in the terminal, replies streamed as they decode.
 
 Each line read from stdin is a user turn; the reply streams to stdout and joins the history.
 ``/reset`` clears the history, ``/exit`` (or end of input) quits. A turn that would not fit the
@@ -13,7 +13,8 @@ from typing import TextIO
 
 from .engine.protocol import Engine
 from .errors import InputError
-from .runtime.text_api import encode_messages, stream
+from .runtime.generate import generate
+from .runtime.text_api import encode_messages
 from .text.tokenizer import Tokenizer
 
 
@@ -51,12 +52,16 @@ def chat_loop(
                 flush=True,
             )
             continue
-        reply = []
-        for delta in stream(engine, tokenizer, turn, **sampling):
-            print(delta.text, end="", file=out, flush=True)
-            reply.append(delta.text)
+        done = generate(
+            engine,
+            tokenizer,
+            [turn],
+            loop="python",
+            on_text=lambda _, text: print(text, end="", file=out, flush=True),
+            **sampling,
+        )
         print(file=out, flush=True)
-        history = [*turn, {"role": "assistant", "content": "".join(reply)}]
+        history = [*turn, {"role": "assistant", "content": done[0].text}]
     return history
 
 

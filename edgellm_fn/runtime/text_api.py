@@ -1,4 +1,4 @@
-"""Text-level generation: prompts as strings or chat messages, and ``stream`` of text deltas.
+"""Text-level generation: prompts as strings or chat messages.
 
 ``generate`` takes token ids; these helpers encode text first, as ``edgellm-fn generate`` does:
 a string is encoded as is (with the tokenizer's special tokens); a list of chat messages
@@ -8,15 +8,11 @@ generation prompt appended (or, without a template, its contents joined by newli
 
 from __future__ import annotations
 
-import dataclasses
-import queue
-import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from ..engine.protocol import Engine
 from ..errors import InputError, show
 from ..text.tokenizer import Tokenizer
 
@@ -72,53 +68,3 @@ def is_text(prompts) -> bool:
         isinstance(p, str) or (isinstance(p, Sequence) and len(p) > 0 and isinstance(p[0], Mapping))
         for p in prompts
     )
-
-
-@dataclasses.dataclass(frozen=True)
-class TextDelta:
-    """One piece of streamed text; the last one carries the ``finish_reason``."""
-
-    text: str
-    finish_reason: str | None = None
-
-
-def stream(engine: Engine, tokenizer: Tokenizer, prompt: Prompt, **kwargs) -> Iterator[TextDelta]:
-    """Generates for one prompt and yields its text as it is decoded (never any part of a stop
-    string), then a last ``TextDelta("", finish_reason)``.
-
-    ``kwargs`` are ``generate``'s (``loop`` is the python loop, ``on_text`` is this iterator's).
-    Errors (``InputError`` for bad arguments) are raised from the iterator, before any token.
-    """
-    from .generate import generate
-
-    for name in ("loop", "on_text"):
-        if name in kwargs:
-            raise InputError(f"stream: {name}= is set by stream itself (got {show(kwargs[name])})")
-    deltas: queue.Queue = queue.Queue()
-
-    def run() -> None:
-        try:
-            done = generate(
-                engine,
-                tokenizer,
-                [prompt],
-                loop="python",
-                on_text=lambda _, text: deltas.put(TextDelta(text)),
-                **kwargs,
-            )
-            deltas.put(TextDelta("", done[0].finish_reason))
-        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer's thread
-            deltas.put(e)
-
-    worker = threading.Thread(target=run, name="edgellm-fn-stream", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = deltas.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-            if item.finish_reason is not None:
-                return
-    finally:
-        worker.join()

@@ -1,10 +1,10 @@
-"""Text-level generation: string and chat-message prompts, and the ``stream`` iterator."""
+"""Text-level generation: string and chat-message prompts."""
 
 from __future__ import annotations
 
 import pytest
 
-from edgellm_fn import TextDelta, generate, load_engine, stream
+from edgellm_fn import generate, load_engine
 from edgellm_fn.demo import demo_model_dir
 from edgellm_fn.errors import InputError
 from edgellm_fn.runtime.text_api import encode_messages
@@ -30,23 +30,9 @@ def test_string_and_message_prompts_equal_their_token_ids(demo):
     assert [c.text for c in got] == [c.text for c in want] and got[0].tokens
 
 
-def test_stream_yields_the_generated_text_then_its_finish_reason(demo):
-    engine, tok = demo
-    deltas = list(stream(engine, tok, "class A:\n    def", **GREEDY))
-    whole = generate(engine, tok, ["class A:\n    def"], **GREEDY)[0]
-    assert all(isinstance(d, TextDelta) for d in deltas) and len(deltas) >= 2
-    assert "".join(d.text for d in deltas) == whole.text
-    assert [d.finish_reason for d in deltas[:-1]] == [None] * (len(deltas) - 1)
-    assert deltas[-1] == TextDelta("", whole.finish_reason)
-
-
-def test_bad_text_prompts_and_stream_arguments_are_named(demo):
+def test_bad_text_prompts_are_named(demo):
     engine, tok = demo
     with pytest.raises(InputError, match=r"prompts\[0\]\[0\]=.*string 'role' and 'content'"):
         generate(engine, tok, [[{"role": "user"}]], **GREEDY)
     with pytest.raises(InputError, match=r"prompts\[1\]=7 \(expected a list of token ids\)"):
         generate(engine, tok, ["ok", 7], **GREEDY)
-    with pytest.raises(InputError, match=r"stream: loop= is set by stream itself"):
-        next(stream(engine, tok, "hi", loop="while"))
-    with pytest.raises(InputError, match=r"top_k"):
-        next(stream(engine, tok, "hi", top_k=-1))
