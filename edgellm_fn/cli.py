@@ -283,11 +283,12 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def encode_request(tokenizer, messages: list[dict], chat: bool) -> list[int]:
-    """Chat-templated (special tokens come from the template) or plain joined contents."""
+def encode_request(tokenizer, messages: list[dict], chat: bool, options=None) -> list[int]:
+    """Chat-templated (special tokens come from the template; ``options``: the template's
+    ``chat_template_kwargs``) or plain joined contents."""
     from .runtime.text_api import encode_messages
 
-    return encode_messages(tokenizer, messages, chat)
+    return encode_messages(tokenizer, messages, chat, options)
 
 
 def cmd_inspect(args) -> int:

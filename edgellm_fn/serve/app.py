@@ -25,7 +25,13 @@ from ..runtime.generate import eos_ids_of
 from ..runtime.sampling import SamplingConfig
 from ..text.stops import find_stop, partial_stop_length
 from ..text.tokenizer import StreamDecoder
-from .params import MAX_BIAS, MAX_TOP_LOGPROBS, FieldError, sampling_fields
+from .params import (
+    MAX_BIAS,
+    MAX_TOP_LOGPROBS,
+    FieldError,
+    chat_template_options,
+    sampling_fields,
+)
 
 
 def _error(status: int, message: str, param: str | None) -> JSONResponse:
@@ -132,7 +138,12 @@ def create_app(
                     )
                 ):
                     raise FieldError("messages", "expected a non-empty list of {role, content}")
-                prompt = encode_request(tokenizer, msgs, chat)
+                options = chat_template_options(body)
+                try:
+                    prompt = encode_request(tokenizer, msgs, chat, options)
+                except InputError as e:  # the template refused the messages or options
+                    field = "continue_final_message" if "continue_final" in str(e) else "messages"
+                    raise FieldError(field, str(e)) from None
             else:
                 text = body.get("prompt")
                 if not isinstance(text, str) or not text:

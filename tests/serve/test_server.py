@@ -15,7 +15,7 @@ import openai
 import pytest
 import uvicorn
 
-from edgellm_fn import cli
+from edgellm_fn import cli, generate
 from edgellm_fn.demo import demo_model_dir
 from edgellm_fn.engine.loading import load_engine
 from edgellm_fn.serve.app import create_app
@@ -160,6 +160,40 @@ def test_bad_requests_name_the_field(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="demo", messages=[])
     assert e.value.body["param"] == "messages"
+    hi = [{"role": "user", "content": "hi"}]
+    for extra, field in [
+        ({"continue_final_message": "yes"}, "continue_final_message"),
+        ({"continue_final_message": True, "add_generation_prompt": True}, "continue_final_message"),
+        ({"chat_template_kwargs": {"tools": []}}, "chat_template_kwargs"),
+        ({"tools": [3]}, "tools"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="demo", messages=hi, extra_body=extra)
+        assert e.value.body["param"] == field, extra
+
+
+def test_chat_continue_final_message_equals_generate(demo, client):
+    engine, tok = demo
+    messages = [
+        {"role": "user", "content": "def add(a, b):"},
+        {"role": "assistant", "content": "    return"},
+    ]
+    r = client.chat.completions.create(
+        model="demo",
+        messages=messages,
+        max_tokens=8,
+        temperature=0,
+        extra_body={"continue_final_message": True, "add_generation_prompt": False},
+    )
+    want = generate(
+        engine,
+        tok,
+        [messages],
+        top_k=1,
+        max_new_tokens=8,
+        chat_template_kwargs={"continue_final_message": True},
+    )[0]
+    assert r.choices[0].message.content == want.text
 
 
 def test_full_queue_gets_429_and_a_cancelled_stream_frees_its_row(demo):
