@@ -152,18 +152,27 @@ class PrefixStore:
     Args:
       vocab_size: when given, ``lookup`` refuses ids outside ``[0, vocab_size)``; without it,
         negative ids (``save_prefix`` checks entries against the state's vocabulary).
+      max_entries: when given, adding beyond it drops the least recently used entry.
     """
 
-    def __init__(self, vocab_size: int | None = None) -> None:
+    def __init__(self, vocab_size: int | None = None, max_entries: int | None = None) -> None:
+        if max_entries is not None and (
+            not isinstance(max_entries, int) or isinstance(max_entries, bool) or max_entries < 1
+        ):
+            raise InputError(f"PrefixStore: max_entries={max_entries!r} (expected an int >= 1)")
         self._entries: dict[tuple[str | None, tuple[int, ...]], PrefixCache] = {}
-        self.vocab_size = vocab_size
+        self.vocab_size, self.max_entries = vocab_size, max_entries
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def add(self, prefix: PrefixCache, lora_name: str | None = None) -> None:
         """Stores ``prefix``, computed with adapter ``lora_name`` (None: the base model)."""
-        self._entries[(lora_name or None, prefix.tokens)] = prefix
+        key = (lora_name or None, prefix.tokens)
+        self._entries.pop(key, None)
+        self._entries[key] = prefix  # the newest last
+        while self.max_entries is not None and len(self._entries) > self.max_entries:
+            del self._entries[next(iter(self._entries))]
 
     def lookup(
         self, tokens: Sequence[int], lora_name: str | None = None
@@ -178,7 +187,7 @@ class PrefixStore:
         vocab = self.vocab_size if self.vocab_size is not None else np.iinfo(np.int64).max
         tokens = steps.check_token_ids(tokens, vocab, "PrefixStore.lookup: tokens").tolist()
         best, best_n = None, 0
-        for (lora, key), entry in self._entries.items():
+        for lora, key in self._entries:
             if lora != (lora_name or None):
                 continue
             n = 0
@@ -188,8 +197,12 @@ class PrefixStore:
                 n += 1
             n = min(n, len(tokens) - 1)
             if n > best_n:
-                best, best_n = entry, n
-        return best, best_n
+                best, best_n = (lora, key), n
+        if best is None:
+            return None, 0
+        entry = self._entries.pop(best)  # most recently used: moved last
+        self._entries[best] = entry
+        return entry, best_n
 
 
 def prefill_with_prefixes(
