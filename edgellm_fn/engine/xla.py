@@ -119,6 +119,7 @@ class XlaEngine:
         t = prepared.tensors
         m = self.config.model
         if m.hybrid is not None:  # Mamba2 + attention (NemotronH): its own layer stack
+            self.decode_path(t["inputs_embeds"].shape[0])  # kernels='on' raises: none exist
             return hybrid.execute(self.config, self.params, prepared.profile, t)
         x = t["inputs_embeds"]
         b, s, _ = x.shape

@@ -67,25 +67,22 @@ def causal_conv(
     return out, jnp.swapaxes(new_state, 1, 2).astype(state.dtype)
 
 
-def _heads(bc: jax.Array, num_heads: int) -> jax.Array:
-    """``[..., g, N]`` -> ``[..., nh, N]``: each group's B/C serve ``nh / g`` adjacent heads."""
-    return jnp.repeat(bc, num_heads // bc.shape[-2], axis=-2)
-
-
 def ssd_step(
     h0: jax.Array, x: jax.Array, dt: jax.Array, a: jax.Array, b: jax.Array, c: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     """One recurrent update (decode): ``h = exp(dt A) h + dt B x``, ``y = C h``.
 
-    Args (float32): h0 ``[B, nh, hd, N]``; x ``[B, nh, hd]``; dt ``[B, nh]``; a ``[nh]``;
-      b, c ``[B, nh, N]``.
+    Heads are split as ``(g, r)``: group ``g``'s B and C serve its ``r = nh / g`` heads.
+
+    Args (float32): h0 ``[B, g, r, hd, N]``; x ``[B, g, r, hd]``; dt ``[B, g, r]``;
+      a ``[g, r]``; b, c ``[B, g, N]``.
 
     Returns:
-      ``(y [B, nh, hd], h [B, nh, hd, N])``.
+      ``(y [B, g, r, hd], h [B, g, r, hd, N])``.
     """
-    decay = jnp.exp(dt * a)[:, :, None, None]
-    h = h0 * decay + (dt[:, :, None] * x)[..., None] * b[:, :, None, :]
-    return jnp.einsum("bhpn,bhn->bhp", h, c), h
+    decay = jnp.exp(dt * a)[..., None, None]
+    h = h0 * decay + (dt[..., None] * x)[..., None] * b[:, :, None, None, :]
+    return jnp.einsum("bgrpn,bgn->bgrp", h, c), h
 
 
 def ssd_chunked(
@@ -99,16 +96,17 @@ def ssd_chunked(
 ) -> tuple[jax.Array, jax.Array]:
     """The SSD scan of a whole step, chunk by chunk (prefill).
 
-    Within a chunk the output is an attention-like product masked by the decays
-    ``exp(sum_{s<k<=l} dt_k A)``; between chunks the state is carried by a ``lax.scan``.
+    Within a chunk the output is an attention-like product ``C_l . B_s`` (per group) masked by
+    the per-head decays ``exp(sum_{s<k<=l} dt_k A)``; between chunks the state is carried by a
+    ``lax.scan``. Heads are split as ``(g, r)`` as in ``ssd_step``.
 
-    Args (float32): h0 ``[B, nh, hd, N]``; x ``[B, S, nh, hd]``; dt ``[B, S, nh]`` (0 at
-      padded positions: they leave the state unchanged); a ``[nh]``; b, c ``[B, S, nh, N]``.
+    Args (float32): h0 ``[B, g, r, hd, N]``; x ``[B, S, g, r, hd]``; dt ``[B, S, g, r]`` (0 at
+      padded positions: they leave the state unchanged); a ``[g, r]``; b, c ``[B, S, g, N]``.
 
     Returns:
-      ``(y [B, S, nh, hd], final state [B, nh, hd, N])``.
+      ``(y [B, S, g, r, hd], final state [B, g, r, hd, N])``.
     """
-    bsz, s, nh, hd = x.shape
+    bsz, s = x.shape[:2]
     pad = (-s) % chunk
     if pad:
         x, dt, b, c = (
@@ -119,32 +117,31 @@ def ssd_chunked(
     def chunks(t):
         return t.reshape(bsz, n, chunk, *t.shape[2:])
 
-    xdt = chunks(x * dt[..., None])  # [B, c, L, nh, hd]
-    bc, cc = chunks(b), chunks(c)  # [B, c, L, nh, N]
-    da = jnp.moveaxis(chunks(dt * a), 2, 3)  # [B, c, nh, L]
+    xdt = chunks(x * dt[..., None])  # [B, c, L, g, r, hd]
+    bc, cc = chunks(b), chunks(c)  # [B, c, L, g, N]
+    da = jnp.moveaxis(chunks(dt * a), 2, -1)  # [B, c, g, r, L]
     cum = jnp.cumsum(da, axis=-1)
     # seg[l, s] = sum of da over (s, l]: a masked cumsum (stable, no cum[l] - cum[s]).
     lower = jnp.tril(jnp.ones((chunk, chunk), bool), -1)
     seg = jnp.cumsum(jnp.where(lower, da[..., :, None], 0.0), axis=-2)
     seg = jnp.where(jnp.tril(jnp.ones((chunk, chunk), bool)), seg, -jnp.inf)
-    scores = jnp.einsum("bclhn,bcshn->bchls", cc, bc) * jnp.exp(seg)
-    y_diag = jnp.einsum("bchls,bcshp->bclhp", scores, xdt)
-    to_end = jnp.exp(cum[..., -1:] - cum)  # [B, c, nh, L] decay from each token to chunk end
-    states = jnp.einsum("bclhn,bchl,bclhp->bchpn", bc, to_end, xdt)
-    chunk_decay = jnp.exp(cum[..., -1])  # [B, c, nh]
+    scores = jnp.einsum("bclgn,bcsgn->bcgls", cc, bc)[:, :, :, None] * jnp.exp(seg)
+    y_diag = jnp.einsum("bcgrls,bcsgrp->bclgrp", scores, xdt)
+    to_end = jnp.exp(cum[..., -1:] - cum)  # [B, c, g, r, L] decay from each token to chunk end
+    states = jnp.einsum("bclgn,bcgrl,bclgrp->bcgrpn", bc, to_end, xdt)
+    chunk_decay = jnp.exp(cum[..., -1])  # [B, c, g, r]
 
     def carry(h, inp):
         st, dec = inp
-        return h * dec[:, :, None, None] + st, h
+        return h * dec[..., None, None] + st, h
 
     final, starts = jax.lax.scan(
         carry, h0, (jnp.moveaxis(states, 1, 0), jnp.moveaxis(chunk_decay, 1, 0))
     )
-    starts = jnp.moveaxis(starts, 0, 1)  # [B, c, nh, hd, N] state entering each chunk
-    y_off = (
-        jnp.einsum("bclhn,bchpn->bclhp", cc, starts) * jnp.moveaxis(jnp.exp(cum), 2, 3)[..., None]
-    )
-    y = (y_diag + y_off).reshape(bsz, n * chunk, nh, hd)[:, :s]
+    starts = jnp.moveaxis(starts, 0, 1)  # [B, c, g, r, hd, N] state entering each chunk
+    y_off = jnp.einsum("bclgn,bcgrpn->bclgrp", cc, starts)
+    y_off = y_off * jnp.moveaxis(jnp.exp(cum), -1, 2)[..., None]
+    y = (y_diag + y_off).reshape(bsz, n * chunk, *x.shape[2:])[:, :s]
     return y, final
 
 
@@ -187,20 +184,22 @@ def mixer(
     h0 = jnp.where(empty[:, None, None, None], 0.0, ssm.astype(jnp.float32))
     xbc, conv = causal_conv(mc, lp, xbc, conv, n_new)
     x, b, c = jnp.split(xbc.astype(jnp.float32), [inter, inter + g * n], axis=-1)
-    x = x.reshape(bsz, s, nh, hd)
-    b = _heads(b.reshape(bsz, s, g, n), nh)
-    c = _heads(c.reshape(bsz, s, g, n), nh)
+    r = nh // g  # heads per group: heads [g * r, (g + 1) * r) share group g's B and C
+    x = x.reshape(bsz, s, g, r, hd)
+    b, c = b.reshape(bsz, s, g, n), c.reshape(bsz, s, g, n)
     dt = jax.nn.softplus(dt.astype(jnp.float32) + lp["dt_bias"].astype(jnp.float32))
-    a = -jnp.exp(lp["A_log"].astype(jnp.float32))
+    dt = dt.reshape(bsz, s, g, r)
+    a = -jnp.exp(lp["A_log"].astype(jnp.float32)).reshape(g, r)
+    h0 = h0.reshape(bsz, g, r, hd, n)
     if single_step:
         y, h1 = ssd_step(h0, x[:, 0], dt[:, 0], a, b[:, 0], c[:, 0])
         y = y[:, None]
     else:
         dt = jnp.clip(dt, *mc.dt_limit)
         valid = jnp.arange(s, dtype=jnp.int32)[None, :] < n_new[:, None]
-        dt = jnp.where(valid[..., None], dt, 0.0)  # padded steps leave the state unchanged
+        dt = jnp.where(valid[..., None, None], dt, 0.0)  # padded steps leave the state as is
         y, h1 = ssd_chunked(h0, x, dt, a, b, c, mc.chunk_size)
-    y = y + lp["D"].astype(jnp.float32)[:, None] * x
+    y = y + lp["D"].astype(jnp.float32).reshape(g, r)[..., None] * x
     y = gated_rms_norm(y.reshape(bsz, s, inter), z, lp["gate_norm"], mc).astype(h.dtype)
     out = linear(y, lp["out_proj"], lp.get("out_proj_b"))
-    return out, h1.astype(ssm.dtype), conv
+    return out, h1.reshape(ssm.shape).astype(ssm.dtype), conv

@@ -15,7 +15,7 @@ import torch
 
 import edgellm_fn as ef
 from edgellm_fn.engine.spec import build_llm_spec
-from edgellm_fn.errors import CheckpointError, ConfigError, InputError
+from edgellm_fn.errors import CheckpointError, ConfigError, EngineError, InputError
 from edgellm_fn.runtime import loops
 from edgellm_fn.runtime.prefix_cache import PrefixStore, prefill_with_prefixes, save_prefix
 
@@ -186,6 +186,34 @@ def test_decode_loops_give_transformers_greedy_tokens(engine, hf_runs):
         np.testing.assert_array_equal(results[1][r], ref_tokens[:STEPS])
 
 
+def test_continuous_batching_admits_rows_with_their_recurrent_state(engine, hf_model, hf_runs):
+    """Requests prefilled in chunks of 4 and inserted mid-decode (a third one reusing a freed
+    row) give transformers' greedy tokens."""
+    from edgellm_fn.runtime.batching import Request, Scheduler
+
+    third = [7, 19, 33, 2, 101, 45, 6, 90, 12]
+    want = [hf_runs[0][1][:10], hf_runs[1][1][:6], hf_decode(hf_model, third, 7)[1][:8]]
+    out: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    sched = Scheduler(engine, eos_ids=(), max_batch=2, chunk=4)
+
+    def request(i, prompt):
+        return Request(
+            prompt=prompt,
+            max_tokens=len(want[i]),
+            temperature=0.0,
+            on_token=lambda t, *_, i=i: out[i].append(t) and False,
+        )
+
+    sched.submit(request(0, PROMPTS[0]))
+    for _ in range(5):
+        sched.step()
+    sched.submit(request(1, PROMPTS[1]))
+    sched.submit(request(2, third))
+    sched.run_until_idle()
+    for i in range(3):
+        assert out[i] == [int(t) for t in want[i]], f"request {i}"
+
+
 def test_a_new_request_starts_from_zeroed_state(engine):
     """Request B prefilled on the state request A used equals B on a fresh state."""
     a, b = pad([[9, 8, 7, 6, 5, 4, 3, 2, 1, 10], [100, 101, 102]]), pad(PROMPTS)
@@ -274,3 +302,7 @@ def test_unsupported_paths_are_refused_by_name(engine):
         check_exportable(engine.config)
     with pytest.raises(ConfigError, match="not implemented for hybrid models"):
         ef.EngineConfig.create(engine.config.model, max_lora_rank=4, max_loras=1)
+    forced = ef.XlaEngine(engine.config, engine.params, kernels="on")
+    with pytest.raises(EngineError, match="hybrid Mamba2 models have no fused decode kernels"):
+        forced.decode_path(1)
+    assert engine.decode_path(1)[0] == "reference"
