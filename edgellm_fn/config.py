@@ -340,11 +340,14 @@ class EngineConfig:
                 f"{self.model.vocab_size}); a reduced vocabulary is a subset of the model's"
             )
         d = self.deployment
-        if self.model.hybrid is not None and (d.max_lora_rank or d.external_weights):
+        if self.model.hybrid is not None and (
+            d.max_lora_rank or d.external_weights or d.extra_inputs
+        ):
             raise ConfigError(
                 f"EngineConfig: max_lora_rank={d.max_lora_rank}, external_weights="
-                f"{d.external_weights} (expected 0 and False for {self.model.architecture}); "
-                "LoRA adapters and external weights are not implemented for hybrid models"
+                f"{d.external_weights}, extra_inputs={list(d.extra_inputs)} (expected 0, False "
+                f"and [] for {self.model.architecture}); LoRA adapters, external weights and "
+                "extra inputs are not implemented for hybrid models"
             )
 
     @property

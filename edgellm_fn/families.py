@@ -5,6 +5,7 @@ Llama, Qwen2/3, Mistral, Gemma 2, Gemma 3 text and Phi-3, following each family'
 ``transformers`` config class (its defaults apply to absent fields). A field that changes the
 network of some family but that this family's ``transformers`` class ignores is refused by name,
 so a config edited for another family never loads with part of its meaning dropped.
+NemotronH (hybrid Mamba2) passes the same check, then ``hybrid_config.py`` parses its fields.
 """
 
 from __future__ import annotations
