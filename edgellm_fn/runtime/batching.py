@@ -69,7 +69,18 @@ def _insert(
         tokens=io.tokens.at[slot].set(PAD),
         counts=_set_row(io.counts, slot, jnp.zeros_like(io.counts[:1])),
     )
-    return RuntimeState(io=io, res=dataclasses.replace(state.res, kv=kv))
+    res = dataclasses.replace(state.res, kv=kv)
+    rec, prec = res.recurrent, prefilled.res.recurrent
+    if rec is not None:  # hybrid models: the row's Mamba2 states come with its KV
+        res = dataclasses.replace(
+            res,
+            recurrent=dataclasses.replace(
+                rec,
+                ssm=tuple(_set_row(a, slot, b) for a, b in zip(rec.ssm, prec.ssm, strict=True)),
+                conv=tuple(_set_row(a, slot, b) for a, b in zip(rec.conv, prec.conv, strict=True)),
+            ),
+        )
+    return RuntimeState(io=io, res=res)
 
 
 def _release(state: RuntimeState, slot: jax.Array) -> RuntimeState:
