@@ -35,6 +35,8 @@ class SharedResources:
         ``engine/inputs.py``); None for an engine that holds its weights.
       extra: declared extra inputs by binding name (``models/external.py``); None without.
       draft_kv: the draft engine's KV cache (speculative decoding), else None.
+      rope_delta: ``[B]`` int32 per-row MRoPE delta (decode position = slot + delta;
+        ``state/mrope.py``); None for a model with 1-D RoPE.
     """
 
     kv: KVCache
@@ -43,6 +45,7 @@ class SharedResources:
     weights: dict[str, jax.Array] | None = None  # name -> engine-layout weight
     extra: dict[str, jax.Array] | None = None  # name -> declared extra input
     draft_kv: KVCache | None = None
+    rope_delta: jax.Array | None = None  # [B] i32, MRoPE only
 
     @classmethod
     def create_for_llm(
@@ -71,12 +74,15 @@ class SharedResources:
         def copy(arrays):
             return None if not arrays else {n: jnp.array(a, copy=True) for n, a in arrays.items()}
 
+        # MRoPE: one table per row (ropeBatch = B), each row rewritten by its prefill.
+        mrope = m.mrope is not None
         return cls(
             kv=kv,
-            rope=model_rope_table(m, cfg.kv_capacity),
+            rope=model_rope_table(m, cfg.kv_capacity, batch if mrope else 1),
             lora=lora,
             weights=copy(weights),
             extra=copy(extra),
+            rope_delta=jnp.zeros((batch,), jnp.int32) if mrope else None,
         )
 
     @classmethod
