@@ -68,7 +68,14 @@ def _insert(
         tokens=io.tokens.at[slot].set(PAD),
         counts=_set_row(io.counts, slot, jnp.zeros_like(io.counts[:1])),
     )
-    return RuntimeState(io=io, res=dataclasses.replace(state.res, kv=kv))
+    res = dataclasses.replace(state.res, kv=kv)
+    if res.rope_delta is not None:  # MRoPE: the row's own rope table and delta move with it
+        res = dataclasses.replace(
+            res,
+            rope=_set_row(res.rope, slot, prefilled.res.rope),
+            rope_delta=_set_row(res.rope_delta, slot, prefilled.res.rope_delta),
+        )
+    return RuntimeState(io=io, res=res)
 
 
 def _release(state: RuntimeState, slot: jax.Array) -> RuntimeState:
