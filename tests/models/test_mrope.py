@@ -451,3 +451,73 @@ def test_fused_decode_kernels_give_the_same_tokens(cases):
         tokens.append(np.stack(out))
     np.testing.assert_array_equal(tokens[0], tokens[1])
     np.testing.assert_array_equal(tokens[0].T, case["ref_tokens"][:, :4])
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_bfloat16_matches_transformers_bfloat16(family, cases):
+    """bfloat16 engine vs transformers' bfloat16 text model on the same (rounded) inputs: the
+    prefill and 6 decode steps (both fed transformers' greedy token; transformers given the
+    decode positions ``max + 1, ...``). Tokens must agree wherever transformers' top-2 margin
+    exceeds the bf16 logit tolerance (random tiny models have near-ties)."""
+    import jax.numpy as jnp
+    import transformers
+
+    case = cases[family]
+    hf = transformers.AutoModelForImageTextToText.from_pretrained(
+        case["path"], dtype=torch.bfloat16
+    ).eval()
+    model, params = ef.load_checkpoint(case["path"], dtype="bfloat16")
+    cfg = ef.EngineConfig.create(
+        model, max_batch_size=2, max_input_len=32, kv_capacity=64, dtype="bfloat16"
+    )
+    engine = ef.XlaEngine(cfg, params)
+    x = jnp.asarray(case["x"], jnp.bfloat16)
+    ds = (
+        None
+        if case["deepstack"] is None
+        else [jnp.asarray(d, jnp.bfloat16) for d in case["deepstack"]]
+    )
+    state = ef.create_state(cfg, 2)
+    state = ef.prefill(engine, state, x, case["lengths"], position_ids=case["pos"], deepstack=ds)
+    seqs: list[list[int]] = [[], []]
+    clear = 0
+    for step in range(7):
+        logits = np.asarray(state.io.logits)
+        for r, n in enumerate(case["lengths"]):
+            ref = _hf_bf16_logits(hf, case, x, ds, r, int(n), seqs[r])
+            scale = np.abs(ref).max()
+            rel = np.abs(logits[r] - ref).max() / scale
+            assert rel < 5e-2, f"{family} bf16 row {r} step {step}: relative logit error {rel:.2e}"
+            top2 = np.sort(ref)[-2:]
+            if top2[1] - top2[0] > 5e-2 * scale:
+                clear += 1
+                assert int(ref.argmax()) == int(logits[r].argmax()), f"{family} bf16 r{r} s{step}"
+            seqs[r].append(int(ref.argmax()))
+        if step < 6:
+            state = ef.decode(engine, state, np.array([q[-1] for q in seqs], np.int32))
+    assert clear >= 7  # most steps had a clear winner, so the token check is not vacuous
+
+
+def _hf_bf16_logits(hf, case, x, ds, r: int, n: int, generated: list[int]) -> np.ndarray:
+    """transformers' text model on row ``r``'s prompt plus ``generated`` (float32 head)."""
+    extra = torch.tensor(generated, dtype=torch.long)
+    prompt = torch.tensor(np.asarray(x[r, :n], np.float32)).to(torch.bfloat16)
+    embeds = torch.cat([prompt, hf.model.get_input_embeddings()(extra)])[None]
+    later = torch.arange(len(generated)) + int(case["pos"][:, r, :n].max()) + 1
+    pos = torch.cat([torch.tensor(case["pos"][:, r, :n]), later.expand(3, -1)], 1)
+    kwargs = {}
+    if ds is not None:
+        mask = case["mask"][r, :n]
+        kwargs = dict(
+            visual_pos_masks=torch.tensor(np.concatenate([mask, np.zeros(len(generated), bool)]))[
+                None
+            ],
+            deepstack_visual_embeds=[
+                torch.tensor(np.asarray(d[r, :n], np.float32)[mask]).to(torch.bfloat16) for d in ds
+            ],
+        )
+    with torch.no_grad():
+        out = hf.model.language_model(inputs_embeds=embeds, position_ids=pos[:, None], **kwargs)
+        # The head in float32, as the engine's (bf16 logits would round into exact ties).
+        hidden = out.last_hidden_state[0, -1].float()
+        return (hidden @ hf.lm_head.weight.float().T).numpy()
