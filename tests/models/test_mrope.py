@@ -521,3 +521,31 @@ def _hf_bf16_logits(hf, case, x, ds, r: int, n: int, generated: list[int]) -> np
         # The head in float32, as the engine's (bf16 logits would round into exact ties).
         hidden = out.last_hidden_state[0, -1].float()
         return (hidden @ hf.lm_head.weight.float().T).numpy()
+
+
+def test_decode_while_after_an_image_prefill_gives_transformers_tokens(cases):
+    """The single jitted ``lax.while_loop`` continues an MRoPE prefill with the same greedy
+    tokens as transformers' ``generate``."""
+    import jax
+
+    from edgellm_fn.runtime import loops
+    from edgellm_fn.runtime.sampling import make_sampling_params
+
+    case = cases["qwen3_vl"]
+    engine = case["engine"]
+    state = ef.create_state(engine.config, 2)
+    state = ef.prefill(
+        engine,
+        state,
+        _jx(case["x"]),
+        case["lengths"],
+        position_ids=case["pos"],
+        deepstack=case["deepstack"],
+    )
+    config, params = make_sampling_params(2, vocab_size=256, top_k=1)
+    limits = loops.token_limits(engine, case["lengths"], STEPS + 1)
+    _, res = loops.decode_while(
+        engine, state, config, params, jax.random.PRNGKey(0), limits, eos_ids=(),
+        max_new_tokens=STEPS + 1,
+    )  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(res.tokens)[:, : STEPS + 1], case["ref_tokens"])
