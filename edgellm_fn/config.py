@@ -380,12 +380,13 @@ class EngineConfig:
     def state_bytes(self, batch: int | None = None) -> int:
         """Bytes of the state a runtime allocates up front for ``batch`` rows.
 
-        The KV cache, the float32 RoPE table ``[1, KVcap, rot]``, the prefill input
-        ``[B, max_input_len, H]`` and the float32 logits ``[B, V]``; a lower bound of the whole.
+        The KV cache, the float32 RoPE table ``[1, KVcap, rot]`` (``[B, ...]`` with MRoPE), the
+        prefill input ``[B, max_input_len, H]`` and the float32 logits ``[B, V]``; a lower bound
+        of the whole.
         """
         m = self.model
         b = self.max_batch_size if batch is None else batch
-        rope = self.kv_capacity * m.rope_width * 4
+        rope = (b if m.mrope is not None else 1) * self.kv_capacity * m.rope_width * 4
         embeds = b * self.max_input_len * m.hidden_size * _ITEMSIZE[self.dtype]
         return self.kv_cache_bytes(b) + rope + embeds + b * self.output_vocab_size * 4
 
