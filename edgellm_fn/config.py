@@ -387,6 +387,21 @@ class EngineConfig:
         return self.deployment.max_kv_cache_capacity
 
     @property
+    def long_rope_switch(self) -> int | None:
+        """LongRoPE past its pretraining length: a row whose length exceeds this
+        (``original_max_position_embeddings``) rotates its new tokens with the long factors,
+        as ``transformers`` does; None when the KV capacity never gets there (or no longrope)."""
+        r = self.model.rope
+        if r.rope_type == "longrope" and self.kv_capacity > r.original_max_position_embeddings:
+            return r.original_max_position_embeddings
+        return None
+
+    @property
+    def per_row_rope(self) -> bool:
+        """One rope table per row (``rope_batch`` = B): MRoPE, or LongRoPE's per-row switch."""
+        return self.model.mrope is not None or self.long_rope_switch is not None
+
+    @property
     def output_vocab_size(self) -> int:
         """Logit columns: ``reduced_vocab_size`` when set, else ``vocab_size`` (upstream's
         ``outputVocabSize``)."""
@@ -417,15 +432,14 @@ class EngineConfig:
         """Bytes of the state a runtime allocates up front for ``batch`` rows.
 
         The KV cache, the recurrent state (hybrid models), the float32 RoPE table
-        ``[1, KVcap, rot]``, the prefill input
-        ``[B, max_input_len, H]`` and the float32 logits ``[B, V]``; a lower bound of the whole.
-        The KV cache, the float32 RoPE table ``[1, KVcap, rot]`` (``[B, ...]`` with MRoPE), the
-        prefill input ``[B, max_input_len, H]`` and the float32 logits ``[B, V]``; a lower bound
-        of the whole.
+        ``[1, KVcap, rot]`` (``[B, ...]`` with MRoPE; a second, long-factor one with LongRoPE
+        past its pretraining length), the prefill input ``[B, max_input_len, H]`` and the float32
+        logits ``[B, V]``; a lower bound of the whole.
         """
         m = self.model
         b = self.max_batch_size if batch is None else batch
-        rope = (b if m.mrope is not None else 1) * self.kv_capacity * m.rope_width * 4
+        tables = b if m.mrope is not None else 2 if self.long_rope_switch is not None else 1
+        rope = tables * self.kv_capacity * m.rope_width * 4
         embeds = b * self.max_input_len * m.hidden_size * _ITEMSIZE[self.dtype]
         if m.hybrid is not None:
             rope = 0  # no rope table: hybrid attention has no RoPE

@@ -1,7 +1,8 @@
 """``InferenceDims``: the symbolic dimension values of one step, built only by recipes.
 
 Recipes follow Edge-LLM (see UPSTREAM.md); ``kv_len`` is always the full KV capacity and
-``rope_batch`` is 1, B for MRoPE models (one rope table per row, ``state/mrope.py``).
+``rope_batch`` is 1, B for MRoPE models (one rope table per row, ``state/mrope.py``) and for
+LongRoPE past its pretraining length (each row switches to the long factors on its own).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def _packed(n: int) -> int:
 
 
 def _rope_batch(cfg: EngineConfig, batch: int) -> int:
-    return batch if cfg.model.mrope is not None else 1
+    return batch if cfg.per_row_rope else 1
 
 
 def prefill_dims(cfg: EngineConfig, batch: int, seq_len: int, cache_empty: bool) -> InferenceDims:

@@ -72,7 +72,7 @@ class Profile:
         """``(min, max)`` of one dynamic ``InferenceDims`` field in this profile."""
         if field == "start_index_len":
             return self.batch if self.start_index_len is None else self.start_index_len
-        if field == "rope_batch":  # dynamic only for MRoPE, where it is the batch
+        if field == "rope_batch":  # dynamic only with per-row rope tables, where it is the batch
             return self.batch
         if field in ("attn_mask_seq_len", "packed_mask_len"):
             lo, hi = self.attn_mask_seq_len or (1, 1)
@@ -269,8 +269,9 @@ def build_llm_spec(cfg: EngineConfig, max_decode_len: int = 1) -> EngineSpec:
         # Decode/verify: up to one logit row per token; one start index per row.
         Profile(batch=batch_range, seq_len=(1, max_decode_len), select_len=(1, max_decode_len)),
     )
-    # MRoPE: one table per row, so rope_batch follows the batch (dims.py); else fixed at 1.
-    rope_batch = () if m.mrope is not None else (("rope_batch", 1),)
+    # MRoPE and LongRoPE's per-row switch: one table per row, so rope_batch follows the batch
+    # (dims.py); else fixed at 1.
+    rope_batch = () if cfg.per_row_rope else (("rope_batch", 1),)
     return EngineSpec(
         bindings=tuple(bindings),
         profiles=profiles,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 
 from ..models.lora import INDEX_BINDING
 from ..state.io import PipelineIO
@@ -12,6 +13,18 @@ from ..state.kv import KVCache
 from ..state.resources import SharedResources
 from ..state.spec_io import StepInputs
 from .spec import DEEPSTACK_BINDING
+
+
+def row_rope(res: SharedResources, lengths: jax.Array) -> jax.Array:
+    """The rope table this step binds: ``res.rope``, or with LongRoPE past its pretraining
+    length ``[B, KVcap, rot]``: per row the long-factor table once the row's length (after this
+    step) exceeds ``original_max_position_embeddings``, the short one before (as
+    ``transformers`` picks by the sequence length, but per row, so rows never affect each
+    other)."""
+    if res.rope_long is None:
+        return res.rope
+    long = (lengths > res.rope_switch)[:, None, None]
+    return jnp.where(long, res.rope_long, res.rope)
 
 
 def build_tensor_map(
@@ -43,7 +56,7 @@ def build_tensor_map(
         "last_token_ids": io.last_token_ids,
     }
     if res.rope is not None:  # None: a model without RoPE (hybrid NemotronH)
-        tensors["rope_rotary_cos_sin"] = res.rope
+        tensors["rope_rotary_cos_sin"] = row_rope(res, io.context_lengths)
     for i, x in enumerate(deepstack):
         tensors[DEEPSTACK_BINDING % i] = x
     for i, (k, v) in enumerate(zip(res.kv.k, res.kv.v, strict=True)):

@@ -300,6 +300,13 @@ class SpecDecodeConfig:
                 "1-D RoPE base); EAGLE3 drafts and tree verification read one shared rope "
                 "table, not the per-row MRoPE table"
             )
+        if self.base.long_rope_switch is not None:
+            raise ConfigError(
+                f"SpecDecodeConfig: base kv capacity={self.base.kv_capacity} passes its LongRoPE "
+                f"original_max_position_embeddings={self.base.long_rope_switch} (expected <= it "
+                "for spec decoding); the draft and tree verification read one shared rope "
+                "table, not the per-row long/short switch"
+            )
         layers = self.base.model.num_hidden_layers
         bad = [i for i in self.draft.aux_layers if not 0 <= i <= layers]
         if bad or not self.draft.aux_layers:

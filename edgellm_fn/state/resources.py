@@ -42,6 +42,10 @@ class SharedResources:
         (``state/recurrent.py``), else None.
       rope_delta: ``[B]`` int32 per-row MRoPE delta (decode position = slot + delta;
         ``state/mrope.py``); None for a model with 1-D RoPE.
+      rope_long, rope_switch: LongRoPE with a KV capacity past
+        ``original_max_position_embeddings`` (``EngineConfig.long_rope_switch``): the
+        long-factor table and that length; a row longer than it rotates its new tokens with
+        ``rope_long`` (``engine/tensor_map.py``). None otherwise.
     """
 
     kv: KVCache
@@ -52,6 +56,8 @@ class SharedResources:
     draft_kv: KVCache | None = None
     recurrent: RecurrentState | None = None
     rope_delta: jax.Array | None = None  # [B] i32, MRoPE only
+    rope_long: jax.Array | None = None  # [1, KVcap, rot] f32, LongRoPE past its switch only
+    rope_switch: jax.Array | None = None  # [] i32: rows longer than this use rope_long
 
     @classmethod
     def create_for_llm(
@@ -101,6 +107,7 @@ class SharedResources:
             extra=copy(extra),
             recurrent=recurrent,
             rope_delta=jnp.zeros((batch,), jnp.int32) if mrope else None,
+            **_long_rope(cfg),
         )
 
     @classmethod
@@ -192,3 +199,14 @@ def create_state(
     )
     host.remember(state.kv.lengths, np.zeros(batch, np.int64))
     return state
+
+
+def _long_rope(cfg: EngineConfig) -> dict[str, jax.Array]:
+    """``rope_long``/``rope_switch`` of ``SharedResources`` (empty without the switch)."""
+    switch = cfg.long_rope_switch
+    if switch is None:
+        return {}
+    return dict(
+        rope_long=model_rope_table(cfg.model, cfg.kv_capacity, 1, long=True),
+        rope_switch=jnp.int32(switch),
+    )

@@ -1,9 +1,11 @@
 """RoPE cos/sin table ``[ropeB, KVcap, rot]`` float32: cos in the first half, sin in the second.
 
 Frequencies follow ``transformers.modeling_rope_utils`` for every rope type the Llama family uses.
-Types whose frequencies depend on the running sequence length (``dynamic``, ``longrope``) equal
-their short-context form while positions stay below ``original_max_position_embeddings``; a table
-longer than that is refused rather than silently wrong.
+``dynamic`` equals its short-context form while positions stay below
+``original_max_position_embeddings``; a longer table is refused rather than silently wrong.
+``longrope`` has two tables past that length, the short and the long factors' (``long=True``):
+a row longer than ``original_max_position_embeddings`` rotates with the long one
+(``engine/tensor_map.py``), as ``transformers`` switches by the running sequence length.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from ..config import ModelConfig, RopeConfig
 from ..errors import ConfigError
 
 
-def inv_frequencies(rope: RopeConfig) -> tuple[np.ndarray, float]:
-    """Returns ``(inv_freq [rot/2] float32, attention_scaling)`` for ``rope``."""
+def inv_frequencies(rope: RopeConfig, long: bool = False) -> tuple[np.ndarray, float]:
+    """Returns ``(inv_freq [rot/2] float32, attention_scaling)`` for ``rope`` (``long``: a
+    longrope's long factors)."""
     dim = rope.rotary_dim
     exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
     pos_freqs = np.float32(rope.theta) ** exponents
@@ -32,9 +35,8 @@ def inv_frequencies(rope: RopeConfig) -> tuple[np.ndarray, float]:
     elif kind == "yarn":
         inv_freq, scaling = _yarn(pos_freqs, rope)
     elif kind == "longrope":
-        inv_freq = (1.0 / (np.asarray(rope.short_factor, np.float32) * pos_freqs)).astype(
-            np.float32
-        )
+        factors = rope.long_factor if long else rope.short_factor
+        inv_freq = (1.0 / (np.asarray(factors, np.float32) * pos_freqs)).astype(np.float32)
         scaling = float(rope.attention_factor)
     return inv_freq.astype(np.float32), scaling
 
@@ -82,26 +84,28 @@ def _yarn(pos_freqs: np.ndarray, rope: RopeConfig) -> tuple[np.ndarray, float]:
     return inv_freq.astype(np.float32), float(scaling)
 
 
-def rope_table(rope: RopeConfig, capacity: int, rope_batch: int = 1) -> jnp.ndarray:
+def rope_table(
+    rope: RopeConfig, capacity: int, rope_batch: int = 1, long: bool = False
+) -> jnp.ndarray:
     """Builds the cos/sin table for positions ``0..capacity-1``.
+
+    Args:
+      long: a longrope's long-factor table (the short one otherwise).
 
     Returns:
       ``[rope_batch, capacity, rot]`` float32; ``[..., :rot/2]`` is cos, ``[..., rot/2:]`` sin,
       both multiplied by the rope type's attention scaling.
 
     Raises:
-      ConfigError: ``capacity`` exceeds where a length-dependent rope type stays exact.
+      ConfigError: ``capacity`` exceeds where ``dynamic`` rope stays exact.
     """
-    if (
-        rope.rope_type in ("dynamic", "longrope")
-        and capacity > rope.original_max_position_embeddings
-    ):
+    if rope.rope_type == "dynamic" and capacity > rope.original_max_position_embeddings:
         raise ConfigError(
             f"rope: kv capacity={capacity} (expected <= original_max_position_embeddings="
             f"{rope.original_max_position_embeddings} for rope_type={rope.rope_type!r}); its "
             "frequencies change with the sequence length past that point"
         )
-    inv_freq, scaling = inv_frequencies(rope)
+    inv_freq, scaling = inv_frequencies(rope, long)
     positions = np.arange(capacity, dtype=np.float32)
     freqs = positions[:, None] * inv_freq[None, :]
     table = np.concatenate([np.cos(freqs) * scaling, np.sin(freqs) * scaling], axis=-1)
@@ -109,13 +113,17 @@ def rope_table(rope: RopeConfig, capacity: int, rope_batch: int = 1) -> jnp.ndar
     return jnp.asarray(table)
 
 
-def model_rope_table(model: ModelConfig, capacity: int, rope_batch: int = 1) -> jnp.ndarray:
+def model_rope_table(
+    model: ModelConfig, capacity: int, rope_batch: int = 1, long: bool = False
+) -> jnp.ndarray:
     """The engine's ``rope_rotary_cos_sin`` ``[rope_batch, capacity, model.rope_width]``.
 
     ``rope_table(model.rope)``, followed on the last axis by ``rope_table(model.local_rope)``
-    when the sliding-window layers have their own RoPE (Gemma 3).
+    when the sliding-window layers have their own RoPE (Gemma 3). ``long``: longrope's
+    long-factor tables.
     """
-    table = rope_table(model.rope, capacity, rope_batch)
+    table = rope_table(model.rope, capacity, rope_batch, long)
     if model.local_rope is None:
         return table
-    return jnp.concatenate([table, rope_table(model.local_rope, capacity, rope_batch)], axis=-1)
+    local = rope_table(model.local_rope, capacity, rope_batch, long)
+    return jnp.concatenate([table, local], axis=-1)

@@ -79,3 +79,57 @@ def test_gemma_takes_the_reference_path_with_a_named_reason(checkpoints):
     assert (
         ef.models.fused.kernel_support(make_engine(checkpoints["mistral"]).config, 1, "cpu") is None
     )
+
+
+def _hf_incremental(model, prompt: list[int], steps: int) -> tuple[list[int], list[np.ndarray]]:
+    """transformers' own incremental greedy decoding (a KV cache, one token per forward)."""
+    with torch.no_grad():
+        out = model(torch.tensor([prompt]), use_cache=True)
+        logits, cache = [out.logits[0, -1].numpy()], out.cache
+        tokens = [int(logits[-1].argmax())]
+        for _ in range(steps):
+            out = model(torch.tensor([[tokens[-1]]]), cache=cache, use_cache=True)
+            cache = out.cache
+            logits.append(out.logits[0, -1].numpy())
+            tokens.append(int(logits[-1].argmax()))
+    return tokens, logits
+
+
+def test_phi3_longrope_switches_to_the_long_factors_per_row_like_transformers(
+    checkpoints, hf_models
+):
+    """Past original_max_position_embeddings (64) a row rotates its new tokens with the long
+    factors: one row crosses 64 while decoding, the other starts past it (its whole prompt is
+    long); each equals transformers decoding it alone with its KV cache."""
+    engine = make_engine(checkpoints["phi3"], max_input_len=80, kv_capacity=128)
+    assert engine.config.long_rope_switch == 64 and engine.config.per_row_rope
+    rng = np.random.RandomState(3)
+    prompts = [[int(t) for t in rng.randint(3, 128, n)] for n in (50, 70)]
+    steps = 24
+    ids = np.zeros((2, 70), np.int32)
+    for r, p in enumerate(prompts):
+        ids[r, : len(p)] = p
+    state = ef.create_state(engine.config, 2)
+    state = ef.prefill(engine, state, ef.embed(engine, ids), np.array([50, 70]))
+    ours = [np.asarray(state.io.logits)]
+    for _ in range(steps):
+        tok = ours[-1].argmax(-1)[:, None]
+        state = ef.decode(engine, state, ef.embed(engine, tok))
+        ours.append(np.asarray(state.io.logits))
+    for r, p in enumerate(prompts):
+        tokens, ref = _hf_incremental(hf_models["phi3"], p, steps)
+        for step, want in enumerate(ref):
+            got = ours[step][r]
+            rel = np.abs(got - want).max() / np.abs(want).max()
+            assert rel < 1e-4, f"row {r} step {step}: relative logit error {rel:.2e}"
+        assert [int(x[r].argmax()) for x in ours] == tokens
+    # rows never affect each other: row 0 alone equals row 0 beside the long row
+    state = ef.create_state(engine.config, 1)
+    state = ef.prefill(engine, state, ef.embed(engine, ids[:1, :50]), np.array([50]))
+    assert np.allclose(np.asarray(state.io.logits)[0], ours[0][0], atol=1e-5)
+    short = make_engine(checkpoints["phi3"], max_input_len=64, kv_capacity=64)
+    assert short.config.long_rope_switch is None and not short.config.per_row_rope
+    with pytest.raises(ef.ConfigError, match="LongRoPE original_max_position_embeddings=64"):
+        from edgellm_fn.models.onnx.export import check_exportable
+
+        check_exportable(engine.config)

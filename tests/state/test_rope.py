@@ -61,20 +61,34 @@ def test_table_matches_transformers(name):
     np.testing.assert_allclose(table[:, 16:], sin[0, :, :16].numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_length_dependent_rope_refuses_long_tables():
+def test_dynamic_rope_refuses_long_tables_and_longrope_has_a_long_one():
+    import torch
     from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    hf_cfg = LlamaConfig(
-        hidden_size=128,
-        num_attention_heads=4,
-        max_position_embeddings=512,
-        rope_scaling=SCALINGS["longrope"],
-    )
-    cfg = ef.ModelConfig.from_dict({**hf_cfg.to_dict(), "architectures": ["LlamaForCausalLM"]})
+    def config(kind):
+        hf = LlamaConfig(
+            hidden_size=128,
+            num_attention_heads=4,
+            max_position_embeddings=512,
+            rope_scaling=SCALINGS[kind],
+        )
+        return hf, ef.ModelConfig.from_dict({**hf.to_dict(), "architectures": ["LlamaForCausalLM"]})
+
+    _, dynamic = config("dynamic")
+    orig = dynamic.rope.original_max_position_embeddings
     with pytest.raises(
-        ef.ConfigError, match=r"kv capacity=256 \(expected <= original_max_position_embeddings=128"
+        ef.ConfigError, match=rf"kv capacity={2 * orig} \(expected <= original_max_position_emb"
     ):
-        rope_table(cfg.rope, 256)
+        rope_table(dynamic.rope, 2 * orig)
+    hf, longrope = config("longrope")
+    orig = longrope.rope.original_max_position_embeddings
+    inv, scale = ROPE_INIT_FUNCTIONS["longrope"](hf, torch.device("cpu"), seq_len=orig + 1)
+    angles = np.arange(2 * orig, dtype=np.float32)[:, None] * inv.numpy()[None, :]
+    want = np.concatenate([np.cos(angles), np.sin(angles)], -1) * scale
+    got = np.asarray(rope_table(longrope.rope, 2 * orig, long=True))[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(got, np.asarray(rope_table(longrope.rope, 2 * orig))[0], atol=1e-3)
 
 
 def test_partial_rotary_rotates_only_the_first_channels(rng):

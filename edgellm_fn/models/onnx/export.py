@@ -63,6 +63,13 @@ def check_exportable(cfg: EngineConfig) -> None:
             "RoPE model); the graph reads one shared rope table and has no deepstack inputs, "
             "run this family on the xla provider"
         )
+    if cfg.long_rope_switch is not None:
+        raise ConfigError(
+            f"onnx export: kv capacity={cfg.kv_capacity} passes the LongRoPE "
+            f"original_max_position_embeddings={cfg.long_rope_switch} (expected <= it for an "
+            "ONNX engine); the graph reads one shared rope table, and past that length each row "
+            "switches to the long factors: run it on the xla provider or lower --kv-capacity"
+        )
     rot = cfg.model.rope.rotary_dim
     if rot % 2 or rot > cfg.model.head_dim:
         raise ConfigError(
