@@ -4,9 +4,9 @@
         python benchmarks/profile_decode_step.py [batch] > ncu.csv
     python benchmarks/profile_decode_step.py --summarize ncu.csv [kernels of one step]
 
-The step is the Llama-3.2-1B preset (random bf16 weights) at context 2048, batch 1 (or the given batch), with XLA
-command buffers off so every kernel launch is visible; only the last of 3 steps is counted (the
-script prints a marker kernel count before it).
+The step is the Llama-3.2-1B preset (random bf16 weights) at context 2048, batch 1 (or the
+given batch), with XLA command buffers off so every kernel launch is visible; only the last of 3
+steps is counted (the script prints a marker kernel count before it).
 """
 
 from __future__ import annotations

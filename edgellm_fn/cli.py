@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from .config import LIMITS
-from .defaults import DEFAULTS, FLAGS, MAX_SEED
+from .config.defaults import DEFAULTS, FLAGS, MAX_SEED
 from .dtypes import FLOAT_DTYPES
 from .engine.providers import CHOICES, PROVIDER_HELP, TENSORRT_BUILDERS
 from .errors import ConfigError, InputError
@@ -355,7 +355,7 @@ def cmd_reduce_vocab(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from .chat import run_chat
+    from .serve.chat import run_chat
     from .text.tokenizer import Tokenizer
 
     engine = _engine(args)

@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from edgellm_fn import cli
-from edgellm_fn.defaults import DEFAULTS, sampling_values
+from edgellm_fn.config.defaults import DEFAULTS, sampling_values
 from edgellm_fn.engine.providers import CHOICES
 
 

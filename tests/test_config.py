@@ -8,7 +8,7 @@ import pytest
 
 import edgellm_fn as ef
 from edgellm_fn.config import ModelConfig
-from edgellm_fn.defaults import DEFAULTS
+from edgellm_fn.config.defaults import DEFAULTS
 
 BASE = {
     "architectures": ["LlamaForCausalLM"],
@@ -328,3 +328,10 @@ def test_hostile_config_files_raise_config_error(tmp_path, content, match):
     (tmp_path / "config.json").write_bytes(content)
     with pytest.raises(ef.ConfigError, match=match):
         ModelConfig.from_file(tmp_path)
+
+
+def test_a_bad_torch_dtype_names_torch_dtype():
+    raw = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_attention_heads": 4}
+    raw |= {"num_hidden_layers": 1, "intermediate_size": 128, "vocab_size": 32, "torch_dtype": 1}
+    with pytest.raises(ef.ConfigError, match=r"config.json: torch_dtype=1 \(expected one of"):
+        ef.ModelConfig.from_dict(raw)

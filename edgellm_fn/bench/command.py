@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..defaults import DEFAULTS
+from ..config.defaults import DEFAULTS
 from ..engine.providers import CHOICES, PROVIDER_HELP
 
 if TYPE_CHECKING:  # importing this package stays light (the CLI parser imports it)

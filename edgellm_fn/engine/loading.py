@@ -7,7 +7,7 @@ from pathlib import Path
 import jax.numpy as jnp
 
 from ..config import EngineConfig, read_json
-from ..defaults import DEFAULTS
+from ..config.defaults import DEFAULTS
 from ..errors import ConfigError
 from ..models.loader import load_checkpoint
 from ..models.vocab import load_vocab_map, reduce_params

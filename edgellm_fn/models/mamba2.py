@@ -29,7 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ..hybrid_config import MambaConfig
+from ..config.hybrid import MambaConfig
 from .llama import linear
 
 Params = dict[str, Any]

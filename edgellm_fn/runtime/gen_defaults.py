@@ -16,7 +16,7 @@ import pathlib
 from typing import Any
 
 from ..config import read_json
-from ..defaults import DEFAULTS
+from ..config.defaults import DEFAULTS
 from ..errors import ConfigError
 
 

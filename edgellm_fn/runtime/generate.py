@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ..defaults import DEFAULTS, MAX_SEED, sampling_values
+from ..config.defaults import DEFAULTS, MAX_SEED, sampling_values
 from ..engine.protocol import Engine
 from ..errors import InputError, show
 from ..state.resources import create_state

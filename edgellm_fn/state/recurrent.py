@@ -16,7 +16,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from ..hybrid_config import MambaConfig
+from ..config.hybrid import MambaConfig
 
 
 @jax.tree_util.register_dataclass

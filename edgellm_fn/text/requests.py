@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import LIMITS, get_field, read_json_file
-from ..defaults import DEFAULTS, sampling_values
+from ..config.defaults import DEFAULTS, sampling_values
 from ..errors import InputError, show
 from ..runtime.generate import Completion
 from ..runtime.sampling import MAX_NUM_LOGPROBS

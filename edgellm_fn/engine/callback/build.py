@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ...config import EngineConfig
-from ...defaults import DEFAULTS
+from ...config.defaults import DEFAULTS
 from ...errors import ConfigError
 from ...models.loader import load_checkpoint
 from ...models.onnx.export import export_onnx

@@ -11,11 +11,11 @@ import sys
 from collections.abc import Iterable
 from typing import TextIO
 
-from .engine.protocol import Engine
-from .errors import InputError
-from .runtime.generate import stream
-from .runtime.text_api import encode_messages
-from .text.tokenizer import Tokenizer
+from ..engine.protocol import Engine
+from ..errors import InputError
+from ..runtime.generate import stream
+from ..runtime.text_api import encode_messages
+from ..text.tokenizer import Tokenizer
 
 
 def chat_loop(

@@ -2,7 +2,7 @@
 
 A VL checkpoint holds a vision tower and a text decoder; only the decoder loads (its inputs are
 embeddings and 3-D position ids, the vision encoder is out of scope). ``text_fields`` turns the
-file into the flat fields ``config._parse_model`` reads for the decoder's base family (Qwen2 for
+file into the flat fields ``model._parse_model`` reads for the decoder's base family (Qwen2 for
 Qwen2/2.5-VL, Qwen3 for Qwen3-VL) and parses what MRoPE adds, following transformers 5:
 
 - the decoder's fields sit in ``text_config`` (transformers 5) or at the top level (older
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import ConfigError, show
+from ..errors import ConfigError, show
 
 #: architecture -> family (the ``model_type`` of the full VL config).
 ARCHITECTURES = {
@@ -30,7 +30,7 @@ ARCHITECTURES = {
 TEXT_MODEL_TYPES = {f"{f}_text": f for f in ARCHITECTURES.values()}
 #: family -> the dense family whose fields and network the text decoder shares.
 BASE = {"qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2", "qwen3_vl": "qwen3"}
-#: transformers' defaults of the text configs where they differ from ``config.py``'s.
+#: transformers' defaults of the text configs where they differ from ``config/model.py``'s.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "qwen2_vl": dict(rope_theta=1_000_000.0, rms_norm_eps=1e-5, max_position_embeddings=32768),
     "qwen3_vl": dict(

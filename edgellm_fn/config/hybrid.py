@@ -1,6 +1,6 @@
 """Hybrid Mamba2 + attention configs: ``MambaConfig``, ``HybridConfig`` and NemotronH parsing.
 
-``config._parse_model`` hands a ``nemotron_h`` config.json here. The layer layout comes from
+``model._parse_model`` hands a ``nemotron_h`` config.json here. The layer layout comes from
 ``layers_block_type`` (transformers 5), its alias ``layer_types``, or the older
 ``hybrid_override_pattern`` string (``M`` Mamba2, ``*`` attention, ``-`` MLP, ``E`` MoE)::
 
@@ -18,17 +18,18 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from .config import (
+from ..errors import ConfigError, show
+from .fields import (
     LIMITS,
-    ModelConfig,
-    RopeConfig,
     _positive,
     _real,
     _token_id,
+    checkpoint_dtype,
     get_field,
     normalize_dtype,
 )
-from .errors import ConfigError, show
+from .model import ModelConfig
+from .rope import RopeConfig
 
 LAYER_KINDS = ("mamba", "attention", "mlp")
 #: ``hybrid_override_pattern`` characters and ``layers_block_type`` names (with transformers'
@@ -369,7 +370,7 @@ def parse_nemotron_h(raw: Mapping[str, Any], arch: str, where: str) -> ModelConf
         # Unused: NemotronH attention has no rotary embedding (the engine binds no rope table).
         rope=RopeConfig(rope_type="default", theta=10000.0, rotary_dim=2 * (head_dim // 2)),
         max_position_embeddings=max_pos,
-        dtype=normalize_dtype(raw.get("dtype") or raw.get("torch_dtype") or "float32", "dtype"),
+        dtype=checkpoint_dtype(raw),
         bos_token_id=bos[0] if bos else None,
         eos_token_ids=_token_id(raw, "eos_token_id", where),
         hybrid=HybridConfig(layer_types=types, mamba=mamba),

@@ -7,8 +7,8 @@ import io
 import pytest
 
 from edgellm_fn import cli, generate, load_engine
-from edgellm_fn.chat import chat_loop
 from edgellm_fn.demo import demo_model_dir
+from edgellm_fn.serve.chat import chat_loop
 from edgellm_fn.text.tokenizer import Tokenizer
 
 GREEDY = dict(top_k=1, max_new_tokens=6)

@@ -1,11 +1,11 @@
 """Family-specific ``config.json`` fields: which family allows which, their defaults and checks.
 
-``config._parse_model`` parses what every family shares; this module adds what differs between
+``model._parse_model`` parses what every family shares; this module adds what differs between
 Llama, Qwen2/3, Mistral, Gemma 2, Gemma 3 text and Phi-3, following each family's
 ``transformers`` config class (its defaults apply to absent fields). A field that changes the
 network of some family but that this family's ``transformers`` class ignores is refused by name,
 so a config edited for another family never loads with part of its meaning dropped.
-NemotronH (hybrid Mamba2) passes the same check, then ``hybrid_config.py`` parses its fields.
+NemotronH (hybrid Mamba2) passes the same check, then ``config/hybrid.py`` parses its fields.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import ConfigError, show
+from ..errors import ConfigError, show
 
 #: Fields that change the network, with the families whose transformers class reads them
 #: (``None``/absent is always accepted: it means "not set").
@@ -26,7 +26,7 @@ SEMANTIC_FIELDS: dict[str, tuple[str, ...]] = {
     "max_window_layers": ("qwen2", "qwen3"),
     "sliding_window": ("qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3_text"),
     # Mistral's sliding_window applies to every layer; per-layer types are Ministral's.
-    # NemotronH: an alias of layers_block_type (hybrid_config.py).
+    # NemotronH: an alias of layers_block_type (config/hybrid.py).
     "layer_types": ("qwen2", "qwen3", "gemma2", "gemma3_text", "nemotron_h"),
     "query_pre_attn_scalar": ("gemma2", "gemma3_text"),
     "final_logit_softcapping": ("gemma2", "gemma3_text"),
