@@ -10,12 +10,12 @@ from jax.sharding import Mesh
 
 from ..config import EngineConfig, ModelConfig, read_json
 from ..defaults import DEFAULTS
-from ..errors import ConfigError, TensorParallelError, show
+from ..errors import ConfigError, TensorParallelError
 from ..models.loader import load_checkpoint
 from ..models.vocab import load_vocab_map, reduce_params
 from .protocol import Engine
 from .providers import resolve_provider
-from .sharding import AXIS, check_tensor_parallel
+from .sharding import AXIS, check_count, check_tensor_parallel
 from .xla import XlaEngine
 
 
@@ -113,11 +113,7 @@ def load_engine(
 def _tensor_parallel(n: int, mesh: Mesh | None) -> int:
     """The device count of ``tensor_parallel``/``mesh``, refusing a mesh ``model_mesh`` would
     not rebuild (the state is placed on ``model_mesh(N)``)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise TensorParallelError(
-            f"load_engine: tensor_parallel={show(n)} (expected an integer >= 1, the devices to "
-            "split the model over)"
-        )
+    check_count(n, "load_engine")
     if mesh is None:
         return n
     if mesh.axis_names != (AXIS,) or list(mesh.devices.flat) != jax.devices()[: mesh.size]:

@@ -51,6 +51,15 @@ _ROW = frozenset({"wo", "w_down"})
 _VOCAB = frozenset({"embed", "lm_head"})
 
 
+def check_count(n: Any, where: str) -> None:
+    """Refuses a device count that is not an integer >= 1 (``TensorParallelError``)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise TensorParallelError(
+            f"{where}: tensor_parallel={n!r} (expected an integer >= 1, the devices to split the "
+            "model over)"
+        )
+
+
 def check_tensor_parallel(m: ModelConfig, n: int, where: str = "tensor_parallel") -> None:
     """Refuses a device count ``n`` the model ``m`` cannot be split over (before any weight is
     read or placed).
@@ -59,6 +68,7 @@ def check_tensor_parallel(m: ModelConfig, n: int, where: str = "tensor_parallel"
       TensorParallelError: ``N`` is not a positive int, exceeds ``len(jax.devices())``, or does
         not divide ``num_attention_heads`` or ``intermediate_size``.
     """
+    check_count(n, where)
     if n == 1:
         return
     available = len(jax.devices())
