@@ -89,7 +89,7 @@ def load_engine(
         )
     if tensor_parallel > 1:  # stage on the host; XlaEngine sends each device its shard
         check_tensor_parallel(ModelConfig.from_file(path), tensor_parallel, "load_engine")
-        with jax.default_device(jax.devices("cpu")[0]):
+        with jax.default_device(_host_device()):
             cfg, params = load_checkpoint(path, dtype=dtype)
     else:
         cfg, params = load_checkpoint(path, dtype=dtype)
@@ -108,6 +108,15 @@ def load_engine(
         tensor_parallel=tensor_parallel,
     )
     return XlaEngine(ecfg, params, kernels, None if ids is None else jnp.asarray(ids))
+
+
+def _host_device() -> jax.Device | None:
+    """JAX's CPU device, where tensor-parallel weights are staged; None (the default device)
+    when the CPU backend is off (``JAX_PLATFORMS=cuda``)."""
+    try:
+        return jax.devices("cpu")[0]
+    except RuntimeError:
+        return None
 
 
 def _tensor_parallel(n: int, mesh: Mesh | None) -> int:

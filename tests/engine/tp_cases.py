@@ -171,6 +171,25 @@ def test_while_loop_generate_equals_single_device(checkpoints):
     assert out[0] == out[1] and all(out[0])
 
 
+def test_continuous_batching_under_tensor_parallelism(checkpoints):
+    """The serve loop (``Scheduler``: rows admitted mid-decode, chunked prefill) on 4 devices."""
+    from edgellm_fn.runtime.batching import Request, Scheduler
+
+    prompts = [[5, 9, 13, 7, 22, 3, 8, 10, 11], [40, 41], [3, 4, 5, 6]]
+    runs = []
+    for tp in (1, N):
+        engine = ef.load_engine(checkpoints["qwen2"], tensor_parallel=tp, **LIMITS)
+        sched = Scheduler(engine, eos_ids=(), max_batch=2, chunk=4)
+        out: dict[int, list[int]] = {i: [] for i in range(len(prompts))}
+        for i, p in enumerate(prompts):
+            on_token = lambda t, *_, i=i: out[i].append(t) and False  # noqa: E731
+            sched.submit(Request(prompt=p, max_tokens=6, temperature=0.0, on_token=on_token))
+            sched.step()
+        sched.run_until_idle()
+        runs.append(out)
+    assert runs[0] == runs[1] and all(len(t) == 6 for t in runs[0].values())
+
+
 def test_lora_adapters_under_tensor_parallelism(checkpoints, hf_models, tmp_path):
     from ..lora_common import greedy_lora, make_adapter
 
