@@ -182,7 +182,7 @@ def test_continuous_batching_under_tensor_parallelism(checkpoints):
         sched = Scheduler(engine, eos_ids=(), max_batch=2, chunk=4)
         out: dict[int, list[int]] = {i: [] for i in range(len(prompts))}
         for i, p in enumerate(prompts):
-            on_token = lambda t, *_, i=i: out[i].append(t) and False  # noqa: E731
+            on_token = lambda t, *_, i=i, out=out: out[i].append(t) and False  # noqa: E731
             sched.submit(Request(prompt=p, max_tokens=6, temperature=0.0, on_token=on_token))
             sched.step()
         sched.run_until_idle()
