@@ -1,15 +1,17 @@
 // GEMV launch-configuration sweep on the GPU (a benchmark, not a test): every Llama-3.2-1B
-// projection at M = 1, 16 distinct weight copies (as 16 layers, past L2) launched back to back
+// projection at M = 1 and M = 8 (against cuBLAS at M = 8), 16 distinct weight copies (as 16 layers, past L2) launched back to back
 // in a CUDA graph, for each (rows per block kR, loads in flight kPre, warps per block) of the
 // fused GEMV kernel (edgellm_fn/ffi/gemv_kernels.cuh); then the whole 16-layer GEMV chain with the
 // shipped configurations. Prints GB/s of weights streamed. (For the copy ceiling use
 // benchmarks/decode_kernels.py --sections ceiling.)
 //
 //   nvcc -O3 -std=c++17 -arch=sm_90 -I edgellm_fn/ffi -I "$(python -c 'import jax.ffi;
-//     print(jax.ffi.include_dir())')" benchmarks/gemv_sweep.cu -o gemv_sweep && ./gemv_sweep
+//     print(jax.ffi.include_dir())')" benchmarks/gemv_sweep.cu -lcublas -o gemv_sweep && ./gemv_sweep
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <cstdio>
+#include <string>
 #include <vector>
 
 #include "gemv_kernels.cuh"
@@ -66,11 +68,11 @@ Buffers Make(const Shape& s) {
   return b;
 }
 
-Plan MakePlan(const Shape& s, const Buffers& b, int l) {
+Plan MakePlan(const Shape& s, const Buffers& b, int l, int m = 1) {
   Plan p;
   p.dtype = xla::ffi::DataType::BF16;
   p.out_dtype = xla::ffi::DataType::BF16;
-  p.m = 1;
+  p.m = m;
   p.k = s.k;
   p.n = s.n;
   p.n_out = s.gated ? s.n / 2 : s.n;
@@ -111,9 +113,47 @@ float TimeGraph(cudaStream_t st, int launches, Body body) {
   return ms * 1e3f / (kReps * launches);
 }
 
-template <bool kNorm, bool kGated, int kR, int kPre, int kW>
+template <bool kNorm, bool kGated, int kR, int kPre, int kW, int kM = 1>
 xla::ffi::Error Run(cudaStream_t st, const Plan& p) {
-  return Launch<Bf16Tag, uint16_t, 1, kR, kPre, kNorm, kGated, kW>(st, p);
+  return Launch<Bf16Tag, uint16_t, kM, kR, kPre, kNorm, kGated, kW>(st, p);
+}
+
+// M = 8 rows: the kernel's configurations against cuBLAS (bf16 GEMM, f32 accumulate, the plain
+// product without the fused norm/gate/residual, so cuBLAS is favoured) on the same weights.
+template <bool kNorm, bool kGated>
+void SweepM8(cudaStream_t st, cublasHandle_t h, const Shape& s) {
+  constexpr int kM = 8;
+  struct Cfg {
+    int r, pre, w;
+    LaunchFn fn;
+  };
+  const Cfg cfgs[] = {
+#define C(R, P, W) {R, P, W, Run<kNorm, kGated, R, P, W, kM>}
+      C(2, 1, 8), C(4, 1, 8), C(8, 1, 8), C(2, 2, 8), C(4, 2, 8), C(2, 1, 4), C(4, 1, 4),
+      C(8, 1, 4), C(4, 2, 4), C(2, 4, 4), C(4, 1, 2), C(8, 1, 2), C(2, 2, 16), C(4, 1, 16),
+#undef C
+  };
+  Buffers b = Make(s);
+  const double bytes = static_cast<double>(s.n) * s.k * 2;
+  for (const Cfg& c : cfgs) {
+    if (kGated && c.r < 2) continue;
+    const float us = TimeGraph(st, kLayers, [&] {
+      for (int l = 0; l < kLayers; ++l) c.fn(st, MakePlan(s, b, l, kM));
+    });
+    std::printf("m8 %-8s kR=%d kPre=%d warps=%2d  %7.2f us  %6.0f GB/s\n", s.name, c.r, c.pre,
+                c.w, us, bytes / us / 1e3);
+  }
+  const float alpha = 1.0f, beta = 0.0f;
+  const float us = TimeGraph(st, kLayers, [&] {
+    for (int l = 0; l < kLayers; ++l) {
+      // y^T [n, m] = W [n, k] (row-major = column-major k x n, transposed) x^T [k, m]
+      cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, s.n, kM, s.k, &alpha, b.w[l], CUDA_R_16BF, s.k,
+                   b.x, CUDA_R_16BF, s.k, &beta, b.out, CUDA_R_16BF, s.n, CUBLAS_COMPUTE_32F,
+                   CUBLAS_GEMM_DEFAULT);
+    }
+  });
+  std::printf("m8 %-8s cuBLAS GemmEx            %7.2f us  %6.0f GB/s\n", s.name, us,
+              bytes / us / 1e3);
 }
 
 template <bool kNorm, bool kGated>
@@ -141,17 +181,28 @@ void Sweep(cudaStream_t st, const Shape& s) {
   }
 }
 
-int main() {
+int main(int argc, char** argv) {
   cudaStream_t st;
   CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   const Shape qkv{"qkv", 3072, 2048, true, false, false};
   const Shape o{"o", 2048, 2048, false, false, true};
   const Shape gu{"gate_up", 16384, 2048, true, true, false};
   const Shape down{"down", 2048, 8192, false, false, true};
-  Sweep<true, false>(st, qkv);
-  Sweep<false, false>(st, o);
-  Sweep<true, true>(st, gu);
-  Sweep<false, false>(st, down);
+  const bool m1 = argc < 2 || std::string(argv[1]) != "m8";
+  if (m1) {
+    Sweep<true, false>(st, qkv);
+    Sweep<false, false>(st, o);
+    Sweep<true, true>(st, gu);
+    Sweep<false, false>(st, down);
+  }
+  cublasHandle_t h;
+  cublasCreate(&h);
+  cublasSetStream(h, st);
+  SweepM8<true, false>(st, h, qkv);
+  SweepM8<false, false>(st, h, o);
+  SweepM8<true, true>(st, h, gu);
+  SweepM8<false, false>(st, h, down);
+  if (!m1) return 0;
   // The 16-layer chain with the shipped configurations (LaunchGemv), as in a decode step.
   Buffers bq = Make(qkv), bo = Make(o), bg = Make(gu), bd = Make(down);
   const double bytes = 2.0 * kLayers * (qkv.n * qkv.k + o.n * o.k + gu.n * gu.k + down.n * down.k);

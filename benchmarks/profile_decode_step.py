@@ -1,10 +1,10 @@
 """Per-kernel device time of one decode step (run under Nsight Compute), then a summary.
 
     ncu --clock-control none --csv --metrics gpu__time_duration.sum \
-        python benchmarks/profile_decode_step.py > ncu.csv
-    python benchmarks/profile_decode_step.py --summarize ncu.csv
+        python benchmarks/profile_decode_step.py [batch] > ncu.csv
+    python benchmarks/profile_decode_step.py --summarize ncu.csv [kernels of one step]
 
-The step is the Llama-3.2-1B preset (random bf16 weights) at context 2048, batch 1, with XLA
+The step is the Llama-3.2-1B preset (random bf16 weights) at context 2048, batch 1 (or the given batch), with XLA
 command buffers off so every kernel launch is visible; only the last of 3 steps is counted (the
 script prints a marker kernel count before it).
 """
@@ -35,7 +35,7 @@ def summarize(path: str, last: int) -> None:
         print(f"{ns / 1e3:9.1f} us  x{count[key]:4d}  {key}")
 
 
-def main() -> None:
+def main(batch: int) -> None:
     os.environ["XLA_FLAGS"] = "--xla_gpu_enable_command_buffer="
     import jax
     import numpy as np
@@ -47,12 +47,12 @@ def main() -> None:
 
     preset = get_preset("llama-3.2-1b")
     cfg = EngineConfig.create(
-        preset.model, max_batch_size=1, max_input_len=2048, kv_capacity=4096, dtype="bfloat16"
+        preset.model, max_batch_size=batch, max_input_len=2048, kv_capacity=4096, dtype="bfloat16"
     )
     engine = XlaEngine(cfg, random_params(preset.model, jax.random.PRNGKey(0), "bfloat16"))
-    ids = np.random.RandomState(0).randint(0, 1000, (1, 2048)).astype(np.int32)
-    state = prefill(engine, create_state(cfg, 1), embed(engine, ids), np.array([2048]))
-    tok = jax.numpy.zeros((1, 1), jax.numpy.int32)
+    ids = np.random.RandomState(0).randint(0, 1000, (batch, 2048)).astype(np.int32)
+    state = prefill(engine, create_state(cfg, batch), embed(engine, ids), np.full(batch, 2048))
+    tok = jax.numpy.zeros((batch, 1), jax.numpy.int32)
     for _ in range(3):
         state = decode(engine, state, embed(engine, tok))
     jax.block_until_ready(state)
@@ -62,4 +62,4 @@ if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--summarize":
         summarize(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 120)
     else:
-        main()
+        main(int(sys.argv[1]) if len(sys.argv) > 1 else 1)

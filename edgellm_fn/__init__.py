@@ -25,7 +25,9 @@ from .models.eagle3 import SpecDecodeConfig as SpecDecodeConfig
 from .models.loader import load_checkpoint as load_checkpoint
 from .models.vocab import load_vocab_map as load_vocab_map
 from .runtime.generate import Completion as Completion
+from .runtime.generate import TextDelta as TextDelta
 from .runtime.generate import generate as generate
+from .runtime.generate import stream as stream
 from .runtime.loops import decode_python as decode_python
 from .runtime.loops import decode_while as decode_while
 from .runtime.loops import token_limits as token_limits
@@ -79,6 +81,7 @@ __all__ = [
     "SpecDecodeConfig",
     "SpecResult",
     "TensorParallelError",
+    "TextDelta",
     "Tokenizer",
     "XlaEngine",
     "accept",
@@ -108,6 +111,7 @@ __all__ = [
     "spec_decode_python",
     "spec_decode_while",
     "spec_prefill",
+    "stream",
     "token_limits",
     "verify_tree",
 ]

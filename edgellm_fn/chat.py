@@ -13,7 +13,7 @@ from typing import TextIO
 
 from .engine.protocol import Engine
 from .errors import InputError
-from .runtime.generate import generate
+from .runtime.generate import stream
 from .runtime.text_api import encode_messages
 from .text.tokenizer import Tokenizer
 
@@ -52,16 +52,10 @@ def chat_loop(
                 flush=True,
             )
             continue
-        done = generate(
-            engine,
-            tokenizer,
-            [turn],
-            loop="python",
-            on_text=lambda _, text: print(text, end="", file=out, flush=True),
-            **sampling,
-        )
+        for delta in stream(engine, tokenizer, turn, **sampling):
+            print(delta.text, end="", file=out, flush=True)
         print(file=out, flush=True)
-        history = [*turn, {"role": "assistant", "content": done[0].text}]
+        history = [*turn, {"role": "assistant", "content": delta.completion.text}]
     return history
 
 

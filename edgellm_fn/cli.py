@@ -296,11 +296,12 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def encode_request(tokenizer, messages: list[dict], chat: bool) -> list[int]:
-    """Chat-templated (special tokens come from the template) or plain joined contents."""
+def encode_request(tokenizer, messages: list[dict], chat: bool, options=None) -> list[int]:
+    """Chat-templated (special tokens come from the template; ``options``: the template's
+    ``chat_template_kwargs``) or plain joined contents."""
     from .runtime.text_api import encode_messages
 
-    return encode_messages(tokenizer, messages, chat)
+    return encode_messages(tokenizer, messages, chat, options)
 
 
 def cmd_inspect(args) -> int:
@@ -389,6 +390,7 @@ def cmd_serve(args) -> int:
         model_name=Path(args.model).name,
         max_batch=args.max_batch,
         max_queue=args.max_queue,
+        prefix_cache=args.prefix_cache,
     )
     uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=10)
     return 0
@@ -548,7 +550,17 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--model", required=True, help="checkpoint or engine directory")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
+    sv.add_argument(
+        "--max-queue", type=_int_arg(1), default=64, help="waiting requests before 429"
+    )
+    sv.add_argument(
+        "--prefix-cache",
+        type=_int_arg(0),
+        default=0,
+        metavar="N",
+        help="keep the KV of the last N prompts; a request reuses its longest cached prefix "
+        "(a chat's history) and prefills only the rest (0: off)",
+    )
     _add_limits(sv)
     _add_tensor_parallel(sv)
     sv.set_defaults(fn=cmd_serve)

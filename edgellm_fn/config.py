@@ -13,11 +13,14 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .defaults import DEFAULTS
 from .dtypes import FLOAT_DTYPES
 from .errors import ConfigError, TensorParallelError, show
+
+if TYPE_CHECKING:
+    from .hybrid_config import HybridConfig
 
 ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -27,6 +30,7 @@ ARCHITECTURES = {
     "Gemma2ForCausalLM": "gemma2",
     "Gemma3ForCausalLM": "gemma3_text",
     "Phi3ForCausalLM": "phi3",
+    "NemotronHForCausalLM": "nemotron_h",
 }
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 ACTIVATIONS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
@@ -124,6 +128,8 @@ class ModelConfig:
       attn_softcap, final_softcap: ``cap * tanh(x / cap)`` on attention scores / final logits.
       local_rope: RoPE of the sliding-window layers when it differs from ``rope`` (Gemma 3's
         ``rope_local_base_freq``); the rope table then holds both, ``rope`` first.
+      hybrid: the layer layout and Mamba2 mixer of a hybrid model (NemotronH;
+        ``hybrid_config.py``), None for a dense decoder. Its attention layers have no RoPE.
     """
 
     architecture: str
@@ -154,6 +160,7 @@ class ModelConfig:
     attn_softcap: float | None = None
     final_softcap: float | None = None
     local_rope: RopeConfig | None = None
+    hybrid: HybridConfig | None = None
 
     @property
     def family(self) -> str:
@@ -180,7 +187,15 @@ class ModelConfig:
             and self.attn_softcap is None
             and self.final_softcap is None
             and self.local_rope is None
+            and self.hybrid is None
         )
+
+    @property
+    def num_kv_layers(self) -> int:
+        """Layers with KV slots: every layer, or a hybrid model's attention layers."""
+        if self.hybrid is None:
+            return self.num_hidden_layers
+        return len(self.hybrid.attention_layers)
 
     @property
     def q_size(self) -> int:
@@ -333,6 +348,16 @@ class EngineConfig:
                 f"EngineConfig: reduced_vocab_size={reduced} (expected <= vocab_size="
                 f"{self.model.vocab_size}); a reduced vocabulary is a subset of the model's"
             )
+        d = self.deployment
+        if self.model.hybrid is not None and (
+            d.max_lora_rank or d.external_weights or d.extra_inputs
+        ):
+            raise ConfigError(
+                f"EngineConfig: max_lora_rank={d.max_lora_rank}, external_weights="
+                f"{d.external_weights}, extra_inputs={list(d.extra_inputs)} (expected 0, False "
+                f"and [] for {self.model.architecture}); LoRA adapters, external weights and "
+                "extra inputs are not implemented for hybrid models"
+            )
 
     @property
     def max_batch_size(self) -> int:
@@ -360,19 +385,34 @@ class EngineConfig:
         m = self.model
         b = self.max_batch_size if batch is None else batch
         per_row = m.num_key_value_heads * self.kv_capacity * m.head_dim * _ITEMSIZE[self.kv_dtype]
-        return 2 * m.num_hidden_layers * b * per_row
+        return 2 * m.num_kv_layers * b * per_row
+
+    def recurrent_bytes(self, batch: int | None = None) -> int:
+        """Bytes of a hybrid model's SSM and conv states for ``batch`` rows (0 when dense)."""
+        h = self.model.hybrid
+        if h is None:
+            return 0
+        mc = h.mamba
+        b = self.max_batch_size if batch is None else batch
+        ssm = mc.num_heads * mc.head_dim * mc.state_size * _ITEMSIZE[mc.ssm_dtype]
+        conv = mc.conv_dim * (mc.conv_kernel - 1) * _ITEMSIZE[self.dtype]
+        return len(h.mamba_layers) * b * (ssm + conv)
 
     def state_bytes(self, batch: int | None = None) -> int:
         """Bytes of the state a runtime allocates up front for ``batch`` rows.
 
-        The KV cache, the float32 RoPE table ``[1, KVcap, rot]``, the prefill input
+        The KV cache, the recurrent state (hybrid models), the float32 RoPE table
+        ``[1, KVcap, rot]``, the prefill input
         ``[B, max_input_len, H]`` and the float32 logits ``[B, V]``; a lower bound of the whole.
         """
         m = self.model
         b = self.max_batch_size if batch is None else batch
         rope = self.kv_capacity * m.rope_width * 4
         embeds = b * self.max_input_len * m.hidden_size * _ITEMSIZE[self.dtype]
-        return self.kv_cache_bytes(b) + rope + embeds + b * self.output_vocab_size * 4
+        if m.hybrid is not None:
+            rope = 0  # no rope table: hybrid attention has no RoPE
+        logits = b * self.output_vocab_size * 4
+        return self.kv_cache_bytes(b) + self.recurrent_bytes(b) + rope + embeds + logits
 
     def check_memory(self, max_state_bytes: int | None = None) -> None:
         """Refuses limits whose state would not fit ``max_state_bytes``.
@@ -398,7 +438,7 @@ class EngineConfig:
             m = self.model
             raise ConfigError(
                 f"EngineConfig: state_bytes={need} (expected <= {bound}, {source}); the KV cache "
-                f"alone is {self.kv_cache_bytes()} bytes = 2 x {m.num_hidden_layers} layers x "
+                f"alone is {self.kv_cache_bytes()} bytes = 2 x {m.num_kv_layers} layers x "
                 f"max_batch_size={self.max_batch_size} x {m.num_key_value_heads} kv heads x "
                 f"kv_capacity={self.kv_capacity} x head_dim={m.head_dim} x "
                 f"{_ITEMSIZE[self.kv_dtype]} bytes ({self.kv_dtype}); lower max_batch_size or "
@@ -719,6 +759,10 @@ def _parse_model(raw: Mapping[str, Any], where: str) -> ModelConfig:
     from . import families as fam  # lazily: families imports nothing from here at module level
 
     fam.check_fields(raw, family, where)
+    if family == "nemotron_h":
+        from .hybrid_config import parse_nemotron_h  # lazily: it imports this module
+
+        return parse_nemotron_h(raw, arch, where)
     fdefaults = fam.DEFAULTS.get(family, {})
 
     hidden = _positive(raw, "hidden_size", where)

@@ -5,6 +5,7 @@ Llama, Qwen2/3, Mistral, Gemma 2, Gemma 3 text and Phi-3, following each family'
 ``transformers`` config class (its defaults apply to absent fields). A field that changes the
 network of some family but that this family's ``transformers`` class ignores is refused by name,
 so a config edited for another family never loads with part of its meaning dropped.
+NemotronH (hybrid Mamba2) passes the same check, then ``hybrid_config.py`` parses its fields.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ SEMANTIC_FIELDS: dict[str, tuple[str, ...]] = {
     "hidden_act": ("llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3_text"),
     "hidden_activation": ("gemma2", "gemma3_text"),
     "attention_bias": ("llama", "qwen3", "gemma2", "gemma3_text"),
-    "mlp_bias": ("llama",),
+    "mlp_bias": ("llama", "nemotron_h"),
     "use_sliding_window": ("qwen2", "qwen3"),
     "max_window_layers": ("qwen2", "qwen3"),
     "sliding_window": ("qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3_text"),
     # Mistral's sliding_window applies to every layer; per-layer types are Ministral's.
-    "layer_types": ("qwen2", "qwen3", "gemma2", "gemma3_text"),
+    # NemotronH: an alias of layers_block_type (hybrid_config.py).
+    "layer_types": ("qwen2", "qwen3", "gemma2", "gemma3_text", "nemotron_h"),
     "query_pre_attn_scalar": ("gemma2", "gemma3_text"),
     "final_logit_softcapping": ("gemma2", "gemma3_text"),
     "attn_logit_softcapping": ("gemma2", "gemma3_text"),

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import gc
+
 import jax
 import numpy as np
 import pytest
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_executables():
+    """Drop each module's compiled executables when it ends.
+
+    Every XLA CPU executable holds several memory mappings; the whole suite in one process
+    kept them all and crossed the kernel's ``vm.max_map_count`` (65,530), where LLVM aborts.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
+
 
 # Small but complete configs of every supported family; each exercises a different feature.
 FAMILIES = {

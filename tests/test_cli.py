@@ -318,3 +318,16 @@ def test_limit_errors_name_the_flag(checkpoints, capsys):
     )
     assert cli.main([*argv, "--kv-capacity", str(2**30)]) == 2
     assert "[max_kv_cache_capacity is set by --kv-capacity]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--max-queue", "0"], r"argument --max-queue: 0 \(expected an integer >= 1\)"),
+        (["--prefix-cache", "-1"], r"argument --prefix-cache: -1 \(expected an integer >= 0\)"),
+    ],
+)
+def test_bad_serve_flags_name_the_flag(argv, match, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--model", "M", *argv])
+    assert re.search(match, capsys.readouterr().err)

@@ -213,19 +213,24 @@ def build_llm_spec(cfg: EngineConfig, max_decode_len: int = 1) -> EngineSpec:
         TensorSpec("inputs_embeds", "in", cfg.dtype, (batch, seq, m.hidden_size)),
         TensorSpec("context_lengths", "in", "int32", (batch,)),
         TensorSpec("kvcache_start_index", "in", "int32", (("start_index_len",),)),
-        TensorSpec(
-            "rope_rotary_cos_sin",
-            "in",
-            "float32",
-            (("rope_batch",), ("kv_len",), m.rope_width),
-        ),
-        TensorSpec("last_token_ids", "in", "int32", (batch, ("select_len",))),
     ]
+    if m.hybrid is None:  # NemotronH attention has no RoPE: no table to bind
+        bindings.append(
+            TensorSpec(
+                "rope_rotary_cos_sin",
+                "in",
+                "float32",
+                (("rope_batch",), ("kv_len",), m.rope_width),
+            )
+        )
+    bindings.append(TensorSpec("last_token_ids", "in", "int32", (batch, ("select_len",))))
     kv_shape = (batch, m.num_key_value_heads, ("kv_len",), m.head_dim)
     aliases = []
-    for i in range(m.num_hidden_layers):
+    for i in range(m.num_kv_layers):
         for kind in ("key", "value"):
             bindings.append(TensorSpec(f"past_{kind}_{i}", "in", cfg.kv_dtype, kv_shape))
+    recurrent = _recurrent_bindings(cfg)
+    bindings += [b for b, _ in recurrent]
     bindings += _lora_bindings(cfg)
     if cfg.deployment.external_weights:
         bindings += [
@@ -236,10 +241,13 @@ def build_llm_spec(cfg: EngineConfig, max_decode_len: int = 1) -> EngineSpec:
     ]
     vocab = cfg.output_vocab_size  # reduced_vocab_size when set (models/vocab.py)
     bindings.append(TensorSpec("logits", "out", "float32", (("batch", "select_len"), vocab)))
-    for i in range(m.num_hidden_layers):
+    for i in range(m.num_kv_layers):
         for kind in ("key", "value"):
             bindings.append(TensorSpec(f"present_{kind}_{i}", "out", cfg.kv_dtype, kv_shape))
             aliases.append((f"present_{kind}_{i}", f"past_{kind}_{i}"))
+    for past, present in recurrent:
+        bindings.append(present)
+        aliases.append((present.name, past.name))
     batch_range = (1, cfg.max_batch_size)
     profiles = (
         # Prefill: logits of the last token only; no start index (fresh) or one per row (append).
@@ -258,6 +266,30 @@ def build_llm_spec(cfg: EngineConfig, max_decode_len: int = 1) -> EngineSpec:
         aliases=tuple(aliases),
         static_dims=(("kv_len", cfg.kv_capacity), ("rope_batch", 1)),
     )
+
+
+def _recurrent_bindings(cfg: EngineConfig) -> list[tuple[TensorSpec, TensorSpec]]:
+    """``(past, present)`` SSM and conv state pairs of each Mamba2 layer (``i`` counts Mamba
+    layers): ``*_ssm_state_{i}`` ``[B, heads, head_dim, d_state]`` and ``*_conv_state_{i}``
+    ``[B, conv_dim, kernel - 1]``; none for a dense model."""
+    h = cfg.model.hybrid
+    if h is None:
+        return []
+    mc, batch = h.mamba, ("batch",)
+    shapes = {
+        "ssm_state": (mc.ssm_dtype, (batch, mc.num_heads, mc.head_dim, mc.state_size)),
+        "conv_state": (cfg.dtype, (batch, mc.conv_dim, mc.conv_kernel - 1)),
+    }
+    out = []
+    for i in range(len(h.mamba_layers)):
+        for kind, (dt, shape) in shapes.items():
+            out.append(
+                (
+                    TensorSpec(f"past_{kind}_{i}", "in", dt, shape),
+                    TensorSpec(f"present_{kind}_{i}", "out", dt, shape),
+                )
+            )
+    return out
 
 
 def _lora_bindings(cfg: EngineConfig) -> list[TensorSpec]:

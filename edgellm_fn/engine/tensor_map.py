@@ -27,18 +27,24 @@ def build_tensor_map(
       start_index: ``[B]`` int32 first new slot per row, or ``[0]`` for a fresh prefill.
 
     Returns:
-      Every input binding of ``build_llm_spec`` (the ``past_*`` caches become ``present_*``).
+      Every input binding of ``build_llm_spec`` (the ``past_*`` caches and recurrent states
+      become ``present_*``).
     """
     tensors = {
         "inputs_embeds": inputs_embeds,
         "context_lengths": io.context_lengths,
         "kvcache_start_index": start_index,
-        "rope_rotary_cos_sin": res.rope,
         "last_token_ids": io.last_token_ids,
     }
+    if res.rope is not None:  # None: a model without RoPE (hybrid NemotronH)
+        tensors["rope_rotary_cos_sin"] = res.rope
     for i, (k, v) in enumerate(zip(res.kv.k, res.kv.v, strict=True)):
         tensors[f"past_key_{i}"] = k
         tensors[f"past_value_{i}"] = v
+    if res.recurrent is not None:
+        for i, (ssm, conv) in enumerate(zip(res.recurrent.ssm, res.recurrent.conv, strict=True)):
+            tensors[f"past_ssm_state_{i}"] = ssm
+            tensors[f"past_conv_state_{i}"] = conv
     if res.lora is not None:
         tensors[INDEX_BINDING] = res.lora.index
         tensors.update(res.lora.weights)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from ..config import EngineConfig
 from ..dims import InferenceDims
 from ..errors import EngineError
-from ..models import fused, llama, lora
+from ..models import fused, hybrid, llama, lora
 from ..models.external import LM_HEAD_INPUT
 from . import sharding
 from .protocol import Prepared, prepare_checked
@@ -104,6 +104,8 @@ class XlaEngine:
         if self.config.tensor_parallel > 1:
             return "reference", f"tensor_parallel={self.config.tensor_parallel} (kernels: 1 device)"
         why = fused.kernel_support(self.config, batch, platform)
+        if self.config.model.hybrid is not None:
+            why = "hybrid Mamba2 models have no fused decode kernels"
         if why is None and platform == "gpu" and not _cuda_built():
             why = "the package was built without its CUDA handlers (no nvcc at install)"
         if why is None and (self.kernels == "on" or platform == "gpu"):
@@ -129,6 +131,9 @@ class XlaEngine:
     def execute(self, prepared: Prepared) -> dict[str, jax.Array]:
         t = prepared.tensors
         m = self.config.model
+        if m.hybrid is not None:  # Mamba2 + attention (NemotronH): its own layer stack
+            self.decode_path(t["inputs_embeds"].shape[0])  # kernels='on' raises: none exist
+            return hybrid.execute(self.config, self.params, prepared.profile, t)
         x = t["inputs_embeds"]
         b, s, _ = x.shape
         start = t["kvcache_start_index"]

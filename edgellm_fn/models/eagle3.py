@@ -257,6 +257,12 @@ class SpecDecodeConfig:
     max_verify_tree_size: int
 
     def __post_init__(self) -> None:
+        if self.base.model.hybrid is not None:
+            raise ConfigError(
+                f"SpecDecodeConfig: base architecture={self.base.model.architecture} (expected a "
+                "dense decoder); tree verification of a hybrid Mamba2 model needs its recurrent "
+                "state per tree node, which is not implemented"
+            )
         for name in ("tree_topk", "tree_steps", "verify_size", "max_verify_tree_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

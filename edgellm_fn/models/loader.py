@@ -47,6 +47,10 @@ def _fused_checkpoint(cfg: ModelConfig) -> bool:
 
 def hf_tensor_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor name the checkpoint must hold, with its Hugging Face shape ``[out, in]``."""
+    if cfg.hybrid is not None:  # NemotronH: models/hybrid_weights.py
+        from .hybrid_weights import hf_tensor_shapes as hybrid_shapes
+
+        return hybrid_shapes(cfg)
     h, f, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
     shapes: dict[str, tuple[int, ...]] = {
         "model.embed_tokens.weight": (cfg.vocab_size, h),
@@ -214,6 +218,10 @@ def _check_finite(path: Path, name: str, arr: np.ndarray) -> None:
 
 def params_from_hf(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype: str) -> Params:
     """Fuses Hugging Face tensors into the params pytree, cast to ``dtype``."""
+    if cfg.hybrid is not None:  # NemotronH: models/hybrid_weights.py
+        from .hybrid_weights import params_from_hf as hybrid_params
+
+        return hybrid_params(cfg, tensors, dtype)
     jdt = lookup_dtype(normalize_dtype(dtype, "dtype")).jnp
 
     def t(name: str) -> np.ndarray:

@@ -29,6 +29,7 @@ from ..engine.protocol import Engine
 from ..errors import InputError
 from ..state.resources import RuntimeState, create_state
 from . import loops, steps
+from .prefix_cache import PrefixStore, restore_prefix, save_prefix
 from .sampling import SamplingConfig, SamplingParams, make_sampling_params
 from .vocab import reduce_logit_bias
 
@@ -68,7 +69,18 @@ def _insert(
         tokens=io.tokens.at[slot].set(PAD),
         counts=_set_row(io.counts, slot, jnp.zeros_like(io.counts[:1])),
     )
-    return RuntimeState(io=io, res=dataclasses.replace(state.res, kv=kv))
+    res = dataclasses.replace(state.res, kv=kv)
+    rec, prec = res.recurrent, prefilled.res.recurrent
+    if rec is not None:  # hybrid models: the row's Mamba2 states come with its KV
+        res = dataclasses.replace(
+            res,
+            recurrent=dataclasses.replace(
+                rec,
+                ssm=tuple(_set_row(a, slot, b) for a, b in zip(rec.ssm, prec.ssm, strict=True)),
+                conv=tuple(_set_row(a, slot, b) for a, b in zip(rec.conv, prec.conv, strict=True)),
+            ),
+        )
+    return RuntimeState(io=io, res=res)
 
 
 def _release(state: RuntimeState, slot: jax.Array) -> RuntimeState:
@@ -156,6 +168,7 @@ class Request:
     on_finish: Callable[[str], None] | None = None
     cancelled: bool = False
     params: SamplingParams | None = None
+    cached_tokens: int = 0  # prompt tokens reused from the prefix store on admission
 
 
 class Scheduler:
@@ -168,6 +181,12 @@ class Scheduler:
       sampling: static sampling limits shared by every request.
       chunk: prefill chunk width (default the engine's ``max_input_len``).
       seed: host seed for requests without one.
+      prefix_store: on admission, a request's longest cached prompt prefix is restored from
+        it and only the rest is prefilled (``Request.cached_tokens``); each restore or save
+        of a new prefix length compiles once (the saved KV is shaped by its length).
+      save_prompts: also store every admitted prompt's KV in ``prefix_store`` (automatic
+        prefix caching: a chat's next turn reuses the history; the store's ``max_entries``
+        bounds it).
     """
 
     def __init__(
@@ -179,7 +198,12 @@ class Scheduler:
         sampling: SamplingConfig = SamplingConfig(max_num_logprobs=20),  # noqa: B008
         chunk: int | None = None,
         seed: int = 0,
+        prefix_store: PrefixStore | None = None,
+        save_prompts: bool = False,
     ):
+        if save_prompts and prefix_store is None:
+            raise InputError("Scheduler: save_prompts=True needs a prefix_store")
+        self.prefix_store, self.save_prompts = prefix_store, save_prompts
         cfg = engine.config
         self.engine, self.config, self.eos = engine, sampling, tuple(sorted(set(eos_ids)))
         self.batch = max_batch or cfg.max_batch_size
@@ -255,6 +279,7 @@ class Scheduler:
                 self._queue.remove(r)
             if self._admitting is None and self._queue and None in self._rows:
                 self._admitting = (self._queue.popleft(), 0)
+                self._restore_prefix()
         for r in queued:
             _call(r.on_finish, "cancelled")
         if self._admitting is not None:
@@ -282,6 +307,18 @@ class Scheduler:
         self.step()
 
     # --- internals ----------------------------------------------------------------------
+    def _restore_prefix(self) -> None:
+        """Starts the admitted request after its longest prefix in the store, if any."""
+        if self.prefix_store is None:
+            return
+        req, _ = self._admitting
+        entry, n = self.prefix_store.lookup(req.prompt)
+        if entry is None or n == 0:
+            return
+        self._prefill_state = restore_prefix(self._prefill_state, 0, entry, used=n)
+        req.cached_tokens = n
+        self._admitting = (req, n)
+
     def _prefill_chunk(self) -> None:
         req, done = self._admitting
         if req.cancelled:
@@ -304,6 +341,8 @@ class Scheduler:
             self._admitting = (req, done)
             return
         self._admitting = None
+        if self.save_prompts and len(prompt) > req.cached_tokens + 1:
+            self.prefix_store.add(save_prefix(self._prefill_state, 0, prompt))
         limit = int(min(req.max_tokens, cfg.kv_capacity - len(prompt) + 1))
         with self.lock:
             slot = self._rows.index(None)

@@ -7,7 +7,9 @@ directly.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -84,8 +86,9 @@ def generate(
     lora: LoraBank | None = None,
     lora_names: Sequence[str | None] | None = None,
     defaults: GenerationDefaults | None = None,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
 ) -> list[Completion]:
-    """Generates a completion for each tokenized prompt.
+    """Generates a completion for each prompt.
 
     Every argument is checked for every prompt before the first batch runs, so a bad request
     fails whole (nothing generated is lost to a later error). Defaults: ``defaults.DEFAULTS``.
@@ -126,14 +129,54 @@ def generate(
         use different adapters).
       defaults: the values unset arguments take; default: the tokenizer's checkpoint's
         ``generation_config.json`` (``gen_defaults.defaults_for``).
+      chat_template_kwargs: for chat-message prompts, ``Tokenizer.apply_chat_template``'s
+        options (``tools`` as schemas or functions, ``continue_final_message``,
+        ``add_generation_prompt``, ``template_name``, template variables).
 
     Raises:
       InputError: an empty, too long or out-of-vocabulary prompt, a per-prompt list whose length
         is not ``len(prompts)``, bad sampling values, stop strings, seed, batch size or loop, an
         unknown ``lora_name``.
     """
+    args = {k: v for k, v in locals().items() if k not in ("engine", "tokenizer", "on_text")}
+    events = _run(engine, tokenizer, _plan(engine, tokenizer, **args))
+    while True:
+        try:
+            index, text = next(events)
+        except StopIteration as done:
+            return done.value
+        if on_text is not None:
+            on_text(index, text)
+
+
+def _plan(
+    engine,
+    tokenizer,
+    prompts,
+    *,
+    max_new_tokens,
+    temperature,
+    top_p,
+    top_k,
+    min_p,
+    repetition_penalty,
+    presence_penalty,
+    frequency_penalty,
+    logit_bias,
+    num_logprobs,
+    stop,
+    seed,
+    batch_size,
+    loop,
+    sampling,
+    lora,
+    lora_names,
+    defaults,
+    chat_template_kwargs,
+) -> list[dict]:
+    """Checks every argument of ``generate`` for every prompt; returns the batches' arguments."""
     if is_text(prompts):  # strings or chat messages: encoded as `edgellm-fn generate` does
-        prompts = encode_prompts(tokenizer, prompts)
+        prompts = encode_prompts(tokenizer, prompts, chat_template_kwargs)
     n = _check_prompts(engine, prompts)
     cfg = engine.config
     where = "generate"
@@ -191,14 +234,13 @@ def generate(
         lora.indices(lora_names, n, "generate")  # unknown names fail before any batch runs
     eos = eos_ids_of(engine, tokenizer)
     key = jax.random.PRNGKey(0)  # unused: every row has its own seed
-    out: list[Completion] = []
+    batches = []
     for start in range(0, n, batch_size):
         rows = range(start, min(n, start + batch_size))
-        out.extend(
-            _generate_batch(
-                engine,
-                tokenizer,
-                [[int(t) for t in prompts[i]] for i in rows],
+        batches.append(
+            dict(
+                start=start,
+                prompts=[[int(t) for t in prompts[i]] for i in rows],
                 max_new_tokens=max_new_tokens,
                 **{k: [v[i] for i in rows] for k, v in values.items() if k in _SAMPLING},
                 penalties={
@@ -211,11 +253,33 @@ def generate(
                 eos=eos,
                 key=jax.random.fold_in(key, start),
                 loop=loop,
-                on_text=None if on_text is None else (lambda r, s, o=start: on_text(o + r, s)),
                 sampling=sampling,
-                lora=None if lora is None else lora.state([lora_names[i] for i in rows]),
+                lora_bank=lora,
+                lora_names=[lora_names[i] for i in rows],
             )
         )
+    return batches
+
+
+#: ``(prompt index, text delta)`` events, then the completions (``StopIteration.value``).
+Events = Generator[tuple[int, str], None, list[Completion]]
+
+
+def _run(engine, tokenizer, batches: list[dict]) -> Events:
+    """Runs planned batches one after another, yielding their text as it is decoded."""
+    out: list[Completion] = []
+    for b in batches:
+        b = dict(b)
+        start, bank, names = b.pop("start"), b.pop("lora_bank"), b.pop("lora_names")
+        b["lora"] = None if bank is None else bank.state(names)
+        events = _iter_batch(engine, tokenizer, **b)
+        while True:
+            try:
+                row, text = next(events)
+            except StopIteration as done:
+                out.extend(done.value)
+                break
+            yield start + row, text
     return out
 
 
@@ -293,7 +357,7 @@ def stop_token_count(
     return None
 
 
-def _generate_batch(
+def _iter_batch(
     engine,
     tokenizer,
     prompts,
@@ -309,10 +373,10 @@ def _generate_batch(
     eos,
     key,
     loop,
-    on_text,
     sampling,
     lora=None,
-) -> list[Completion]:
+) -> Events:
+    """One batch: ``(row, text delta)`` events as tokens are decoded, then its completions."""
     b = len(prompts)
     cfg = engine.config
     config, params = make_sampling_params(
@@ -343,14 +407,15 @@ def _generate_batch(
         )
         res = jax.device_get(res)
     else:
+        pending: list[tuple[int, str]] = []
 
         def stream(row: int, tok: int) -> None:
             delta = rows[row].push(tok)
-            if on_text is not None and delta:
-                on_text(row, delta)
+            if delta:
+                pending.append((row, delta))
                 streamed[row] += delta
 
-        _, res = loops.decode_python(
+        decoding = loops.iter_decode_python(
             engine,
             state,
             config,
@@ -362,6 +427,14 @@ def _generate_batch(
             on_token=stream,
             should_stop=lambda row, tok: rows[row].stopped,
         )
+        while True:
+            try:
+                next(decoding)
+            except StopIteration as done:
+                _, res = done.value
+                break
+            yield from pending
+            pending.clear()
     out = []
     for r in range(b):
         toks = [int(t) for t in res.tokens[r, : int(res.num_tokens[r])]]
@@ -372,8 +445,8 @@ def _generate_batch(
         hit = find_stop(text, stop[r]) if stop[r] else None
         if hit is not None:
             text = text[: hit[0]]
-        if on_text is not None and text.startswith(streamed[r]) and len(text) > len(streamed[r]):
-            on_text(r, text[len(streamed[r]) :])  # the held-back tail, or the while loop's text
+        if text.startswith(streamed[r]) and len(text) > len(streamed[r]):
+            yield r, text[len(streamed[r]) :]  # the held-back tail, or the while loop's text
         reason = "stop" if hit is not None or (toks and toks[-1] in eos) else "length"
         out.append(
             Completion(
@@ -429,3 +502,54 @@ def _logprobs(tokenizer, res, row: int, n: int, k: int) -> list[dict]:
             }
         )
     return entries
+
+
+@dataclasses.dataclass(frozen=True)
+class TextDelta:
+    """One piece of streamed text; the last one has no text and carries the ``finish_reason``
+    and the whole ``Completion``."""
+
+    text: str
+    finish_reason: str | None = None
+    completion: Completion | None = None
+
+
+def stream(engine: Engine, tokenizer: Tokenizer, prompt, **kwargs) -> Iterator[TextDelta]:
+    """Generates for one prompt (ids, a string or chat messages) and yields its text as it is
+    decoded (never any part of a stop string), then ``TextDelta("", finish_reason,
+    completion)``.
+
+    Runs in the calling thread: each ``next`` advances the python decode loop. ``kwargs`` are
+    ``generate``'s; every one is checked here, before the iterator is returned (``InputError``
+    as ``generate``). Abandoning the iterator stops the generation.
+    """
+    for name in ("loop", "on_text"):
+        if name in kwargs:
+            raise InputError(f"stream: {name}= is set by stream itself (got {show(kwargs[name])})")
+    unknown = sorted(set(kwargs) - set(_GENERATE_OPTIONS))
+    if unknown:
+        raise InputError(
+            f"stream: unknown argument {unknown[0]!r} (expected generate's: "
+            f"{', '.join(sorted(_GENERATE_OPTIONS))})"
+        )
+    args = {**_GENERATE_OPTIONS, **kwargs, "loop": "python"}
+    return _deltas(_run(engine, tokenizer, _plan(engine, tokenizer, [prompt], **args)))
+
+
+def _deltas(events: Events) -> Iterator[TextDelta]:
+    while True:
+        try:
+            _, text = next(events)
+        except StopIteration as done:
+            (completion,) = done.value
+            yield TextDelta("", completion.finish_reason, completion)
+            return
+        yield TextDelta(text)
+
+
+#: ``generate``'s keyword options and their defaults (``stream`` takes the same).
+_GENERATE_OPTIONS = {
+    name: p.default
+    for name, p in inspect.signature(generate).parameters.items()
+    if p.kind is p.KEYWORD_ONLY and name != "on_text"
+}

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -306,6 +306,42 @@ def decode_python(
     Raises:
       InputError: as ``decode_while``.
     """
+    steps_ = iter_decode_python(
+        engine,
+        state,
+        config,
+        params,
+        key,
+        limits,
+        eos_ids=eos_ids,
+        max_new_tokens=max_new_tokens,
+        on_token=on_token,
+        should_stop=should_stop,
+    )
+    while True:
+        try:
+            next(steps_)
+        except StopIteration as done:
+            return done.value
+
+
+def iter_decode_python(
+    engine: Engine,
+    state: RuntimeState,
+    config: SamplingConfig,
+    params: SamplingParams,
+    key: jax.Array,
+    limits,
+    *,
+    eos_ids: Sequence[int],
+    max_new_tokens: int,
+    on_token: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[int, int], bool] | None = None,
+) -> Generator[None, None, tuple[RuntimeState, DecodeResult]]:
+    """``decode_python`` as a generator: yields (None) after each step's tokens went to
+    ``on_token``, so a caller can hand them on (``generate``'s streaming iterator); returns
+    ``decode_python``'s result (``StopIteration.value``). Inputs are checked at the first
+    ``next``, before the state is donated."""
     state = _start(engine, state, config, params, key, limits, max_new_tokens, "decode_python")
     max_new_tokens = min(max_new_tokens, engine.config.kv_capacity)
     limits = np.minimum(np.asarray(limits, np.int32), max_new_tokens)
@@ -337,6 +373,7 @@ def decode_python(
             hooks = (eos, on_token, should_stop)
             if _read_step(pending[0], np.asarray(pending[1]), res, done, stopped, k, hooks):
                 stop_dev = jax.device_put(stopped)
+            yield
         if packed is None:
             break
         pending = (t, packed)

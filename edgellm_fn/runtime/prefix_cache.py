@@ -8,6 +8,10 @@ computed by the engine::
     prompt:   p0 p1 p2 p3 p4 p5 p6          cached entry: p0 p1 p2 p3 (N=4)
     restore:  [p0 p1 p2] -> kv.lengths = 3
     prefill:             [p3 p4 p5 p6]      (append=True, context_lengths = 7)
+
+A hybrid model's entry also holds each Mamba2 layer's SSM and conv state of the row, which
+exist only at the prefix end: it is saved from a row holding exactly its tokens and restored
+whole (``used = N``), so only prompts that extend the whole entry reuse it.
 """
 
 from __future__ import annotations
@@ -41,15 +45,25 @@ class PrefixCache:
       k: per layer ``[Hkv, length, D]`` keys.
       v: per layer ``[Hkv, length, D]`` values.
       tokens: the token ids the KV was computed from (static metadata).
+      ssm: per Mamba2 layer ``[heads, head_dim, d_state]`` state after ``tokens`` (hybrid
+        models; empty otherwise).
+      conv: per Mamba2 layer ``[conv_dim, kernel - 1]`` conv state after ``tokens``.
     """
 
     k: tuple[jax.Array, ...]
     v: tuple[jax.Array, ...]
     tokens: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
+    ssm: tuple[jax.Array, ...] = ()
+    conv: tuple[jax.Array, ...] = ()
 
     @property
     def length(self) -> int:
         return len(self.tokens)
+
+    @property
+    def recurrent(self) -> bool:
+        """True for a hybrid model's entry: it restores whole (its state is at its end)."""
+        return bool(self.ssm)
 
 
 def _groups(arrays: list) -> list[slice]:
@@ -63,6 +77,9 @@ def _save(state: RuntimeState, row: jax.Array, length: int) -> list[jax.Array]:
     out: list[jax.Array] = []
     for g in _groups(layers):  # one kernel launch per group of up to MAX_BATCHED_LAYERS arrays
         out += save_kv_cache_batched(layers[g], row, length)
+    rec = state.res.recurrent
+    if rec is not None:
+        out += [jax.lax.dynamic_index_in_dim(a, row, keepdims=False) for a in (*rec.ssm, *rec.conv)]
     return out
 
 
@@ -89,9 +106,24 @@ def save_prefix(state: RuntimeState, row: int, tokens: Sequence[int]) -> PrefixC
             f"save_prefix: len(tokens)={len(tokens)} (expected 1..{held}, the tokens row {row} "
             "holds)"
         )
+    rec = state.res.recurrent
+    if rec is not None and len(tokens) != held:
+        raise InputError(
+            f"save_prefix: len(tokens)={len(tokens)} (expected {held}, all the tokens row {row} "
+            "holds); a hybrid model's recurrent state exists only at the row's end, so save the "
+            "prefix right after prefilling it"
+        )
     saved = _save(state, np.int32(row), len(tokens))
     n = len(state.kv.k)
-    return PrefixCache(k=tuple(saved[:n]), v=tuple(saved[n:]), tokens=tokens)
+    m = 0 if rec is None else len(rec.ssm)
+    kv, states = saved[: 2 * n], saved[2 * n :]
+    return PrefixCache(
+        k=tuple(kv[:n]),
+        v=tuple(kv[n:]),
+        tokens=tokens,
+        ssm=tuple(states[:m]),
+        conv=tuple(states[m:]),
+    )
 
 
 # Dynamic: row and used (buffers: one executable per prefix length serves every row).
@@ -108,7 +140,21 @@ def _restore(
     kv = dataclasses.replace(
         state.kv, k=tuple(out[:n]), v=tuple(out[n:]), lengths=state.kv.lengths.at[row].set(used)
     )
-    return dataclasses.replace(state, res=dataclasses.replace(state.res, kv=kv))
+    res = dataclasses.replace(state.res, kv=kv)
+    if res.recurrent is not None:
+        res = dataclasses.replace(
+            res,
+            recurrent=dataclasses.replace(
+                res.recurrent,
+                ssm=tuple(
+                    a.at[row].set(p) for a, p in zip(res.recurrent.ssm, prefix.ssm, strict=True)
+                ),
+                conv=tuple(
+                    a.at[row].set(p) for a, p in zip(res.recurrent.conv, prefix.conv, strict=True)
+                ),
+            ),
+        )
+    return dataclasses.replace(state, res=res)
 
 
 def restore_prefix(
@@ -120,12 +166,28 @@ def restore_prefix(
       state: donated.
       row: batch row.
       prefix: from ``save_prefix``.
-      used: cached tokens to keep (default ``prefix.length - 1``: upstream reuses N-1 of N).
+      used: cached tokens to keep (default ``prefix.length - 1``: upstream reuses N-1 of N; a
+        hybrid model's entry restores whole, ``prefix.length``).
 
     Raises:
-      InputError: bad row, ``used`` out of range, or a prefix longer than the KV capacity.
+      InputError: bad row, ``used`` out of range (a hybrid entry: other than its length), a
+        prefix longer than the KV capacity, or an entry of another model kind.
     """
     steps.check_live(state, "restore_prefix")
+    if prefix.recurrent != (state.res.recurrent is not None):
+        raise InputError(
+            f"restore_prefix: the prefix {'has' if prefix.recurrent else 'lacks'} recurrent "
+            "state but the state's model "
+            f"{'lacks' if prefix.recurrent else 'has'} Mamba2 layers (expected an entry saved "
+            "from this model)"
+        )
+    if prefix.recurrent:
+        used = prefix.length if used is None else used
+        if used != prefix.length:
+            raise InputError(
+                f"restore_prefix: used={used} (expected {prefix.length}, the whole prefix); a "
+                "hybrid model's recurrent state exists only at the prefix end"
+            )
     used = prefix.length - 1 if used is None else used
     if not 0 <= row < state.batch:
         raise InputError(f"restore_prefix: row={row} (expected 0 <= row < batch={state.batch})")
@@ -152,18 +214,27 @@ class PrefixStore:
     Args:
       vocab_size: when given, ``lookup`` refuses ids outside ``[0, vocab_size)``; without it,
         negative ids (``save_prefix`` checks entries against the state's vocabulary).
+      max_entries: when given, adding beyond it drops the least recently used entry.
     """
 
-    def __init__(self, vocab_size: int | None = None) -> None:
+    def __init__(self, vocab_size: int | None = None, max_entries: int | None = None) -> None:
+        if max_entries is not None and (
+            not isinstance(max_entries, int) or isinstance(max_entries, bool) or max_entries < 1
+        ):
+            raise InputError(f"PrefixStore: max_entries={max_entries!r} (expected an int >= 1)")
         self._entries: dict[tuple[str | None, tuple[int, ...]], PrefixCache] = {}
-        self.vocab_size = vocab_size
+        self.vocab_size, self.max_entries = vocab_size, max_entries
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def add(self, prefix: PrefixCache, lora_name: str | None = None) -> None:
         """Stores ``prefix``, computed with adapter ``lora_name`` (None: the base model)."""
-        self._entries[(lora_name or None, prefix.tokens)] = prefix
+        key = (lora_name or None, prefix.tokens)
+        self._entries.pop(key, None)
+        self._entries[key] = prefix  # the newest last
+        while self.max_entries is not None and len(self._entries) > self.max_entries:
+            del self._entries[next(iter(self._entries))]
 
     def lookup(
         self, tokens: Sequence[int], lora_name: str | None = None
@@ -178,7 +249,7 @@ class PrefixStore:
         vocab = self.vocab_size if self.vocab_size is not None else np.iinfo(np.int64).max
         tokens = steps.check_token_ids(tokens, vocab, "PrefixStore.lookup: tokens").tolist()
         best, best_n = None, 0
-        for (lora, key), entry in self._entries.items():
+        for lora, key in self._entries:
             if lora != (lora_name or None):
                 continue
             n = 0
@@ -187,9 +258,15 @@ class PrefixStore:
                     break
                 n += 1
             n = min(n, len(tokens) - 1)
+            if entry.recurrent and n != entry.length:
+                continue  # a recurrent state exists only at the entry's end: all of it or none
             if n > best_n:
-                best, best_n = entry, n
-        return best, best_n
+                best, best_n = (lora, key), n
+        if best is None:
+            return None, 0
+        entry = self._entries.pop(best)  # most recently used: moved last
+        self._entries[best] = entry
+        return entry, best_n
 
 
 def prefill_with_prefixes(

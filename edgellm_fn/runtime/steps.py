@@ -84,10 +84,18 @@ def _finish(state: RuntimeState, io, outputs: dict[str, jax.Array], lengths) -> 
         v=tuple(outputs[f"present_value_{i}"] for i in range(n)),
         lengths=lengths,
     )
-    return RuntimeState(
-        io=dataclasses.replace(io, logits=outputs["logits"]),
-        res=dataclasses.replace(state.res, kv=kv),
-    )
+    res = dataclasses.replace(state.res, kv=kv)
+    if res.recurrent is not None:  # hybrid models: the Mamba2 layers' SSM and conv states
+        m = len(res.recurrent.ssm)
+        res = dataclasses.replace(
+            res,
+            recurrent=dataclasses.replace(
+                res.recurrent,
+                ssm=tuple(outputs[f"present_ssm_state_{i}"] for i in range(m)),
+                conv=tuple(outputs[f"present_conv_state_{i}"] for i in range(m)),
+            ),
+        )
+    return RuntimeState(io=dataclasses.replace(io, logits=outputs["logits"]), res=res)
 
 
 def prefill_step(

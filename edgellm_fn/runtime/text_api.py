@@ -21,18 +21,33 @@ Prompt = Sequence[int] | str | Sequence[Mapping[str, Any]]
 
 
 def encode_messages(
-    tokenizer: Tokenizer, messages: Sequence[Mapping[str, Any]], chat: bool = True
+    tokenizer: Tokenizer,
+    messages: Sequence[Mapping[str, Any]],
+    chat: bool = True,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
 ) -> list[int]:
     """Chat-templated ids of ``messages`` (special tokens come from the template), or the
-    contents joined by newlines when ``chat`` is off or the checkpoint has no template."""
+    contents joined by newlines when ``chat`` is off or the checkpoint has no template.
+
+    ``chat_template_kwargs`` go to ``Tokenizer.apply_chat_template``: ``tools``,
+    ``continue_final_message``, ``add_generation_prompt`` (default: on, unless the final message
+    is continued), ``template_name``, or template variables (``enable_thinking``, ...).
+    """
     if chat and tokenizer.chat_templates:
-        text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True)
+        kwargs = dict(chat_template_kwargs or {})
+        kwargs.setdefault("add_generation_prompt", not kwargs.get("continue_final_message"))
+        text = tokenizer.apply_chat_template(list(messages), **kwargs)
         return tokenizer.encode(text, add_special_tokens=False)
     return tokenizer.encode("\n".join(str(m["content"]) for m in messages))
 
 
-def encode_prompts(tokenizer: Tokenizer, prompts: Sequence[Prompt]) -> list[Sequence[int]]:
-    """Token ids of every prompt (ids pass through unchanged).
+def encode_prompts(
+    tokenizer: Tokenizer,
+    prompts: Sequence[Prompt],
+    chat_template_kwargs: Mapping[str, Any] | None = None,
+) -> list[Sequence[int]]:
+    """Token ids of every prompt (ids pass through unchanged; chat messages are rendered with
+    ``chat_template_kwargs``, see ``encode_messages``).
 
     Raises:
       InputError: a prompt that is none of ids, a string or a list of ``{role, content}``
@@ -54,7 +69,7 @@ def encode_prompts(tokenizer: Tokenizer, prompts: Sequence[Prompt]) -> list[Sequ
                         f"generate: prompts[{i}][{j}]={show(m)} (expected a message with string "
                         "'role' and 'content')"
                     )
-            out.append(encode_messages(tokenizer, p))
+            out.append(encode_messages(tokenizer, p, chat_template_kwargs=chat_template_kwargs))
         else:
             out.append(p)
     return out

@@ -22,10 +22,17 @@ from ..errors import InputError
 from ..runtime import batching
 from ..runtime.gen_defaults import GenerationDefaults
 from ..runtime.generate import eos_ids_of
+from ..runtime.prefix_cache import PrefixStore
 from ..runtime.sampling import SamplingConfig
 from ..text.stops import find_stop, partial_stop_length
 from ..text.tokenizer import StreamDecoder
-from .params import MAX_BIAS, MAX_TOP_LOGPROBS, FieldError, sampling_fields
+from .params import (
+    MAX_BIAS,
+    MAX_TOP_LOGPROBS,
+    FieldError,
+    chat_template_options,
+    sampling_fields,
+)
 
 
 def _error(status: int, message: str, param: str | None) -> JSONResponse:
@@ -83,11 +90,26 @@ def create_app(
     max_queue: int = 64,
     defaults: GenerationDefaults | None = None,
     chat: bool = True,
+    prefix_cache: int = 0,
 ) -> FastAPI:
-    """The app; its lifespan starts and stops the scheduler thread."""
+    """The app; its lifespan starts and stops the scheduler thread.
+
+    ``prefix_cache``: keep the KV of the last N prompts and reuse a request's longest cached
+    prefix on admission (reported as ``usage.prompt_tokens_details.cached_tokens``); 0 = off.
+    """
     eos = eos_ids_of(engine, tokenizer)
     limits = SamplingConfig(max_num_logprobs=MAX_TOP_LOGPROBS, max_bias_entries=MAX_BIAS)
-    sched = batching.Scheduler(engine, eos_ids=eos, max_batch=max_batch, sampling=limits)
+    store = None
+    if prefix_cache:
+        store = PrefixStore(engine.config.model.vocab_size, max_entries=prefix_cache)
+    sched = batching.Scheduler(
+        engine,
+        eos_ids=eos,
+        max_batch=max_batch,
+        sampling=limits,
+        prefix_store=store,
+        save_prompts=store is not None,
+    )
     defaults = defaults or GenerationDefaults.from_dir(tokenizer.name)
     stop_event = threading.Event()
 
@@ -132,7 +154,12 @@ def create_app(
                     )
                 ):
                     raise FieldError("messages", "expected a non-empty list of {role, content}")
-                prompt = encode_request(tokenizer, msgs, chat)
+                options = chat_template_options(body)
+                try:
+                    prompt = encode_request(tokenizer, msgs, chat, options)
+                except InputError as e:  # the template refused the messages or options
+                    field = "continue_final_message" if "continue_final" in str(e) else "messages"
+                    raise FieldError(field, str(e)) from None
             else:
                 text = body.get("prompt")
                 if not isinstance(text, str) or not text:
@@ -179,6 +206,7 @@ def create_app(
                 "prompt_tokens": len(prompt),
                 "completion_tokens": job.tokens,
                 "total_tokens": len(prompt) + job.tokens,
+                "prompt_tokens_details": {"cached_tokens": req.cached_tokens},
             }
 
         def choice(text, lps, reason, delta):

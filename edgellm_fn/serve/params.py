@@ -120,3 +120,46 @@ def sampling_fields(body: dict, defaults: GenerationDefaults, chat: bool) -> dic
         raise FieldError("stream_options", "expected an object")
     out["stream"], out["include_usage"] = stream, bool(opts.get("include_usage", False))
     return out
+
+
+#: Chat-template fields of a chat request (vLLM's names) and the types they take.
+_CHAT_TEMPLATE_FIELDS = {
+    "add_generation_prompt": bool,
+    "continue_final_message": bool,
+    "tools": list,
+    "chat_template_kwargs": dict,
+}
+
+
+def chat_template_options(body: dict) -> dict[str, Any]:
+    """``Tokenizer.apply_chat_template`` options of a chat request: ``tools`` (JSON schemas of
+    ``{"type": "function", "function": {...}}``), ``add_generation_prompt``,
+    ``continue_final_message`` and ``chat_template_kwargs`` (template variables such as
+    ``enable_thinking``).
+
+    Raises:
+      FieldError: naming the first bad field.
+    """
+    out: dict[str, Any] = {}
+    for key, kind in _CHAT_TEMPLATE_FIELDS.items():
+        value = body.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, kind):
+            raise FieldError(key, f"{value!r} (expected a JSON {_JSON_NAMES[kind]})")
+        out[key] = value
+    for i, tool in enumerate(out.get("tools", [])):
+        if not isinstance(tool, dict) or not isinstance(tool.get("function"), dict):
+            raise FieldError("tools", f"[{i}]={tool!r} (expected {{'type': 'function', ...}})")
+    extra = out.pop("chat_template_kwargs", {})
+    clash = sorted(set(extra) & {"messages", "tools", *_CHAT_TEMPLATE_FIELDS})
+    if clash:
+        raise FieldError("chat_template_kwargs", f"key {clash[0]!r} (set it as its own field)")
+    if out.get("continue_final_message") and out.get("add_generation_prompt"):
+        raise FieldError(
+            "continue_final_message", "with add_generation_prompt=true (expected one of them)"
+        )
+    return {**extra, **out}
+
+
+_JSON_NAMES = {bool: "boolean", list: "array", dict: "object"}

@@ -1,4 +1,5 @@
-"""``SharedResources`` (KV cache, RoPE table) and ``RuntimeState``, the pytree steps thread."""
+"""``SharedResources`` (KV cache, recurrent state, RoPE table) and ``RuntimeState``, the pytree
+steps thread."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from . import host
 from .io import PipelineIO
 from .kv import KVCache
 from .lora import LoraState
+from .recurrent import RecurrentState
 from .rope import model_rope_table
 
 
@@ -27,22 +29,26 @@ class SharedResources:
     """Process-lifetime device state.
 
     Attributes:
-      kv: the base engine's KV cache.
-      rope: ``[ropeB, KVcap, rot]`` float32 cos/sin table.
+      kv: the base engine's KV cache (a hybrid model's attention layers only).
+      rope: ``[ropeB, KVcap, rot]`` float32 cos/sin table; None for a model without RoPE
+        (NemotronH).
       lora: the LoRA adapter bank and per-row slots (upstream's ``loraManager``); None for an
         engine without LoRA bindings.
       weights: external weights by binding name (upstream's ``externalWeightManager``;
         ``engine/inputs.py``); None for an engine that holds its weights.
       extra: declared extra inputs by binding name (``models/external.py``); None without.
       draft_kv: the draft engine's KV cache (speculative decoding), else None.
+      recurrent: the SSM/conv states of a hybrid model's Mamba2 layers
+        (``state/recurrent.py``), else None.
     """
 
     kv: KVCache
-    rope: jax.Array  # [ropeB, KVcap, rot] f32
+    rope: jax.Array | None  # [ropeB, KVcap, rot] f32
     lora: LoraState | None = None
     weights: dict[str, jax.Array] | None = None  # name -> engine-layout weight
     extra: dict[str, jax.Array] | None = None  # name -> declared extra input
     draft_kv: KVCache | None = None
+    recurrent: RecurrentState | None = None
 
     @classmethod
     def create_for_llm(
@@ -59,7 +65,7 @@ class SharedResources:
         m = cfg.model
         kv = KVCache.create(
             batch,
-            m.num_hidden_layers,
+            m.num_kv_layers,
             m.num_key_value_heads,
             cfg.kv_capacity,
             m.head_dim,
@@ -71,12 +77,22 @@ class SharedResources:
         def copy(arrays):
             return None if not arrays else {n: jnp.array(a, copy=True) for n, a in arrays.items()}
 
+        recurrent = None
+        if m.hybrid is not None:
+            recurrent = RecurrentState.create(
+                batch,
+                len(m.hybrid.mamba_layers),
+                m.hybrid.mamba,
+                dtype(m.hybrid.mamba.ssm_dtype).jnp,
+                dtype(cfg.dtype).jnp,
+            )
         return cls(
             kv=kv,
-            rope=model_rope_table(m, cfg.kv_capacity),
+            rope=None if m.hybrid is not None else model_rope_table(m, cfg.kv_capacity),
             lora=lora,
             weights=copy(weights),
             extra=copy(extra),
+            recurrent=recurrent,
         )
 
     @classmethod

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -27,6 +27,7 @@ import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from edgellm_fn.errors import ConfigError, InputError
+from edgellm_fn.text.tool_schema import tool_schemas
 
 DEFAULT = "default"
 
@@ -87,7 +88,8 @@ def render_chat_template(
     messages: Sequence[Mapping[str, Any]],
     *,
     add_generation_prompt: bool = True,
-    tools: Sequence[Mapping[str, Any]] | None = None,
+    continue_final_message: bool | str = False,
+    tools: Sequence[Mapping[str, Any] | Callable] | None = None,
     documents: Sequence[Mapping[str, Any]] | None = None,
     special_tokens: Mapping[str, str] | None = None,
     where: str = "chat_template",
@@ -99,7 +101,11 @@ def render_chat_template(
       source: the jinja template.
       messages: ``[{"role": ..., "content": ...}, ...]``; keys whose value is None are dropped.
       add_generation_prompt: append the assistant header.
-      tools, documents: passed to the template as ``tools`` / ``documents`` (JSON schemas / dicts).
+      continue_final_message: end the text inside the final message (no end-of-turn after it),
+        so the model continues it; a string names the field to continue (default
+        ``"content"``, or a reasoning field). Not with ``add_generation_prompt``.
+      tools: JSON schemas, or functions (``tool_schema.function_schema`` converts them).
+      documents: passed to the template as ``documents`` (dicts).
       special_tokens: ``bos_token``, ``eos_token``, ... as template variables.
       where: names the template's file and field in errors.
       **kwargs: extra template variables (they override ``special_tokens``).
@@ -119,19 +125,60 @@ def render_chat_template(
             raise InputError(
                 f"apply_chat_template: messages[{i}]={message!r} (expected a role/content dict)"
             )
-        chat.append({k: v for k, v in message.items() if v is not None})
+        chat.append(_alias_reasoning({k: v for k, v in message.items() if v is not None}))
+    if continue_final_message and add_generation_prompt:
+        raise InputError(
+            "apply_chat_template: continue_final_message=True with add_generation_prompt=True "
+            "(expected one: continue the final message, or open a new assistant turn)"
+        )
     template = compile_chat_template(source, where)
     variables = {**(special_tokens or {}), **kwargs}
+    field = None
+    if continue_final_message:
+        field = continue_final_message if isinstance(continue_final_message, str) else "content"
+        final = chat[-1].get(field)
+        if not isinstance(final, str):
+            raise InputError(
+                f"apply_chat_template: continue_final_message: the final message has no string "
+                f"{field!r} to continue (got {final!r})"
+            )
+        for name in REASONING_FIELDS if field in REASONING_FIELDS else (field,):
+            if chat[-1].get(name) == final:
+                chat[-1][name] = final + _CONTINUE_TAG
     try:
-        return template.render(
+        text = template.render(
             messages=chat,
-            tools=None if tools is None else list(tools),
+            tools=tool_schemas(tools),
             documents=None if documents is None else list(documents),
             add_generation_prompt=add_generation_prompt,
             **variables,
         )
     except jinja2.TemplateError as e:
         raise InputError(f"apply_chat_template: {where} raised: {e}") from e
+    if field is None:
+        return text
+    cut = text.rfind(_CONTINUE_TAG.strip())
+    if cut < 0:
+        raise InputError(
+            f"apply_chat_template: continue_final_message: {where} does not render the final "
+            f"message's {field!r} (it drops or rewrites it), so it cannot be continued"
+        )
+    # a template that kept the tag's trailing space kept the message's own spacing too
+    return text[:cut] if text.startswith(_CONTINUE_TAG, cut) else text[:cut].rstrip()
+
+
+#: Names a message's reasoning goes by; templates read the first (and gpt-oss ``thinking``).
+REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+_CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
+
+
+def _alias_reasoning(message: dict) -> dict:
+    """``message`` with its reasoning (under any of ``REASONING_FIELDS``) under every name the
+    templates read: ``reasoning_content`` and ``thinking``."""
+    reasoning = next((message[k] for k in REASONING_FIELDS if message.get(k) is not None), None)
+    if reasoning is None:
+        return message
+    return {"thinking": reasoning, **message, "reasoning_content": reasoning}
 
 
 def load_chat_templates(model_dir: str | pathlib.Path, tokenizer_config: Mapping[str, Any]) -> dict:

@@ -9,7 +9,7 @@ ids of ``generation_config.json`` / ``config.json``. Encoding, decoding and chat
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import tokenizers
@@ -211,18 +211,25 @@ class Tokenizer:
     def apply_chat_template(
         self,
         messages: Sequence[Mapping[str, Any]],
-        add_generation_prompt: bool = True,
+        add_generation_prompt: bool = False,
         *,
-        tools: Sequence[Mapping[str, Any]] | None = None,
+        continue_final_message: bool | str = False,
+        tools: Sequence[Mapping[str, Any] | Callable] | None = None,
         template_name: str | None = None,
         **kwargs: Any,
     ) -> str:
         """Renders the chat as ``transformers``' ``apply_chat_template(..., tokenize=False)``.
 
         Args:
-          messages: ``[{"role": ..., "content": ...}, ...]``.
-          add_generation_prompt: end with the assistant header.
-          tools: JSON schemas of tools, passed to the template.
+          messages: ``[{"role": ..., "content": ...}, ...]``; a message's ``reasoning`` or
+            ``thinking`` is also passed as ``reasoning_content`` (and the reverse), as
+            ``transformers`` does.
+          add_generation_prompt: end with the assistant header (default off, as
+            ``transformers``; the text API and the server turn it on).
+          continue_final_message: end inside the final message so the model continues it (a
+            field name, or True for ``"content"``); not with ``add_generation_prompt``.
+          tools: JSON schemas of tools, or Python functions (type hints and a Google-style
+            docstring; ``text/tool_schema.py``), passed to the template.
           template_name: a named template; default ``"tool_use"`` with tools if present, else
             ``"default"``.
           **kwargs: extra template variables.
@@ -238,6 +245,7 @@ class Tokenizer:
             source,
             messages,
             add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
             tools=tools,
             special_tokens=self.special_tokens,
             where=where,

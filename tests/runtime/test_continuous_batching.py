@@ -10,6 +10,7 @@ from edgellm_fn.errors import InputError
 from edgellm_fn.runtime import batching
 from edgellm_fn.runtime.batching import Request, Scheduler
 from edgellm_fn.runtime.generate import eos_ids_of, generate
+from edgellm_fn.runtime.prefix_cache import PrefixStore
 from edgellm_fn.runtime.sampling import make_sampling_params
 from edgellm_fn.text.tokenizer import Tokenizer
 
@@ -127,3 +128,46 @@ def test_bad_requests_and_inserts_are_named(setup):
         batching.insert(sched.state, 2, sched._prefill_state, params, 4)
     with pytest.raises(InputError, match="prefilled"):
         batching.insert(sched.state, 0, sched.state, params, 4)
+
+
+def test_prefix_store_on_admission_reuses_the_history_and_equals_alone(setup):
+    engine, tok, prompts = setup
+    store = PrefixStore(max_entries=2)
+    sched = Scheduler(
+        engine,
+        eos_ids=eos_ids_of(engine, tok),
+        max_batch=2,
+        chunk=8,
+        prefix_store=store,
+        save_prompts=True,
+    )
+
+    def run(prompt):
+        toks: list[int] = []
+        req = Request(
+            prompt=prompt,
+            max_tokens=6,
+            temperature=0.0,
+            on_token=lambda t, *_: toks.append(t) and False,
+        )
+        sched.submit(req)
+        sched.run_until_idle()
+        return req, toks
+
+    history = prompts[2]  # 20 tokens: three chunks of 8
+    turn2 = history + prompts[1]  # the next turn extends the history
+    first, t1 = run(history)
+    second, t2 = run(turn2)
+    assert (first.cached_tokens, second.cached_tokens) == (0, len(history))
+    assert t1 == alone(engine, tok, history, 6, {})
+    assert t2 == alone(engine, tok, turn2, 6, {})
+    assert len(store) == 2
+    third, t3 = run(prompts[0])  # a third prompt evicts the least recently used entry
+    assert third.cached_tokens == 0 and t3 == alone(engine, tok, prompts[0], 6, {})
+    # the two newest entries remain (history, the oldest, was dropped)
+    assert len(store) == 2 and store.lookup(turn2 + [5])[1] == len(turn2)
+    assert store.lookup(prompts[0] + [5])[1] == len(prompts[0])
+    with pytest.raises(InputError, match="save_prompts=True needs a prefix_store"):
+        Scheduler(engine, eos_ids=(), save_prompts=True)
+    with pytest.raises(InputError, match="max_entries=0"):
+        PrefixStore(max_entries=0)

@@ -15,7 +15,7 @@ import openai
 import pytest
 import uvicorn
 
-from edgellm_fn import cli
+from edgellm_fn import cli, generate
 from edgellm_fn.demo import demo_model_dir
 from edgellm_fn.engine.loading import load_engine
 from edgellm_fn.serve.app import create_app
@@ -160,6 +160,40 @@ def test_bad_requests_name_the_field(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="demo", messages=[])
     assert e.value.body["param"] == "messages"
+    hi = [{"role": "user", "content": "hi"}]
+    for extra, field in [
+        ({"continue_final_message": "yes"}, "continue_final_message"),
+        ({"continue_final_message": True, "add_generation_prompt": True}, "continue_final_message"),
+        ({"chat_template_kwargs": {"tools": []}}, "chat_template_kwargs"),
+        ({"tools": [3]}, "tools"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="demo", messages=hi, extra_body=extra)
+        assert e.value.body["param"] == field, extra
+
+
+def test_chat_continue_final_message_equals_generate(demo, client):
+    engine, tok = demo
+    messages = [
+        {"role": "user", "content": "def add(a, b):"},
+        {"role": "assistant", "content": "    return"},
+    ]
+    r = client.chat.completions.create(
+        model="demo",
+        messages=messages,
+        max_tokens=8,
+        temperature=0,
+        extra_body={"continue_final_message": True, "add_generation_prompt": False},
+    )
+    want = generate(
+        engine,
+        tok,
+        [messages],
+        top_k=1,
+        max_new_tokens=8,
+        chat_template_kwargs={"continue_final_message": True},
+    )[0]
+    assert r.choices[0].message.content == want.text
 
 
 def test_full_queue_gets_429_and_a_cancelled_stream_frees_its_row(demo):
@@ -184,3 +218,31 @@ def test_full_queue_gets_429_and_a_cancelled_stream_frees_its_row(demo):
         assert "".join(c.choices[0].text for c in queued) is not None
         r = client.completions.create(model="demo", prompt="z", max_tokens=3, temperature=0)
         assert r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_prefix_cache_reuses_the_chat_history_and_changes_nothing(demo):
+    engine, tok = demo
+    app = create_app(engine, tok, model_name="demo", max_batch=2, prefix_cache=4)
+    turn1 = [{"role": "user", "content": "def add(a, b):"}]
+    with running(app) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+
+        def ask(messages):
+            return client.chat.completions.create(
+                model="demo", messages=messages, max_tokens=8, temperature=0
+            )
+
+        first = ask(turn1)
+        turn2 = [
+            *turn1,
+            {"role": "assistant", "content": first.choices[0].message.content},
+            {"role": "user", "content": "and sub?"},
+        ]
+        second = ask(turn2)
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    # the second turn's prompt starts with the first's: all of it but its last token is reused
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert 0 < cached < second.usage.prompt_tokens
+    for messages, r in ((turn1, first), (turn2, second)):
+        want = generate(engine, tok, [messages], top_k=1, max_new_tokens=8)[0]
+        assert r.choices[0].message.content == want.text

@@ -171,7 +171,9 @@ def test_template_sources_and_names_match_transformers(tmp_path, layout, name):
     path = write_checkpoint(tmp_path, config, **files)
     tok = Tokenizer.from_dir(path)
     hf = transformers.AutoTokenizer.from_pretrained(str(path))
-    ours = tok.apply_chat_template(CHATS[1], template_name=name, tools=TOOLS if name else None)
+    ours = tok.apply_chat_template(
+        CHATS[1], True, template_name=name, tools=TOOLS if name else None
+    )
     theirs = hf.apply_chat_template(
         CHATS[1],
         chat_template=name,

@@ -48,6 +48,13 @@ def value_info(b: TensorSpec, spec: EngineSpec) -> onnx.ValueInfoProto:
 
 def check_exportable(cfg: EngineConfig) -> None:
     """Raises ``ConfigError`` for configs the ONNX graph cannot express."""
+    if cfg.model.hybrid is not None:
+        raise ConfigError(
+            f"onnx export: architecture={cfg.model.architecture} (expected a dense decoder); "
+            "the Mamba2 layers' chunked scan and state updates are not in the ONNX graph (no "
+            "standard op; they would need a Scan/Loop subgraph), so hybrid models run on the "
+            "xla provider only"
+        )
     rot = cfg.model.rope.rotary_dim
     if rot % 2 or rot > cfg.model.head_dim:
         raise ConfigError(
