@@ -66,11 +66,16 @@ def check_tensor_parallel(m: ModelConfig, n: int, where: str = "tensor_parallel"
 
     Raises:
       TensorParallelError: ``N`` is not a positive int, exceeds ``len(jax.devices())``, or does
-        not divide ``num_attention_heads`` or ``intermediate_size``.
+        not divide ``num_attention_heads`` or ``intermediate_size``; or the model is a hybrid.
     """
     check_count(n, where)
     if n == 1:
         return
+    if m.hybrid is not None:
+        raise TensorParallelError(
+            f"{where}: tensor_parallel={n} for the hybrid Mamba2 model {m.architecture} "
+            "(expected 1); its Mamba2 layers have no sharding rule yet"
+        )
     available = len(jax.devices())
     if n > available:
         raise TensorParallelError(

@@ -309,3 +309,14 @@ def test_nvlink_multicast_stays_off(monkeypatch):
     monkeypatch.delenv("NCCL_NVLS_ENABLE")
     sharding.model_mesh.__wrapped__(2)
     assert os.environ["NCCL_NVLS_ENABLE"] == "0"
+
+
+def test_a_hybrid_model_is_refused_before_its_weights_are_read(tmp_path):
+    import transformers
+
+    from ..models.test_hybrid import make_hf_nemotron_h
+
+    make_hf_nemotron_h().config.save_pretrained(tmp_path)  # config.json only: no weights
+    assert isinstance(transformers.NemotronHConfig.from_pretrained(tmp_path).vocab_size, int)
+    with pytest.raises(ef.TensorParallelError, match=r"hybrid Mamba2 model .* \(expected 1\)"):
+        ef.load_engine(tmp_path, tensor_parallel=2, **LIMITS)
