@@ -3,6 +3,7 @@
 from .config import DeploymentConfig as DeploymentConfig
 from .config import EngineConfig as EngineConfig
 from .config import ModelConfig as ModelConfig
+from .config import MRopeConfig as MRopeConfig
 from .dims import InferenceDims as InferenceDims
 from .dims import decode_dims as decode_dims
 from .dims import prefill_dims as prefill_dims
@@ -74,6 +75,7 @@ __all__ = [
     "LoraBank",
     "LoraState",
     "ModelConfig",
+    "MRopeConfig",
     "RuntimeState",
     "SamplingConfig",
     "SamplingParams",

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import families_vl as vl
 from .defaults import DEFAULTS
 from .dtypes import FLOAT_DTYPES
 from .errors import ConfigError, TensorParallelError, show
@@ -31,6 +32,10 @@ ARCHITECTURES = {
     "Gemma3ForCausalLM": "gemma3_text",
     "Phi3ForCausalLM": "phi3",
     "NemotronHForCausalLM": "nemotron_h",
+    # The text decoders of the VL models (families_vl.py; the vision tower is not loaded).
+    "Qwen2VLForConditionalGeneration": "qwen2_vl",
+    "Qwen2_5_VLForConditionalGeneration": "qwen2_5_vl",
+    "Qwen3VLForConditionalGeneration": "qwen3_vl",
 }
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 ACTIVATIONS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
@@ -100,6 +105,21 @@ class RopeConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class MRopeConfig:
+    """Multimodal RoPE of the Qwen-VL text decoders (``families_vl.py``, ``state/mrope.py``).
+
+    Attributes:
+      section: rotary frequencies driven by each position axis (temporal, height, width);
+        they sum to ``rotary_dim / 2``.
+      interleaved: Qwen3-VL's layout (frequency ``j`` takes axis ``j % 3`` while that axis has
+        frequencies left); else contiguous blocks in t, h, w order (Qwen2/2.5-VL).
+    """
+
+    section: tuple[int, int, int]
+    interleaved: bool = False
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """Dimensions and options of a dense decoder (Llama 3.x, Qwen2/2.5, Qwen3, Mistral, Gemma 2/3
     text, Phi-3; ``families.py`` parses the family-specific fields).
@@ -130,6 +150,8 @@ class ModelConfig:
         ``rope_local_base_freq``); the rope table then holds both, ``rope`` first.
       hybrid: the layer layout and Mamba2 mixer of a hybrid model (NemotronH;
         ``hybrid_config.py``), None for a dense decoder. Its attention layers have no RoPE.
+      mrope: multimodal RoPE (Qwen-VL): 3-D position ids, a per-row rope table; None for 1-D.
+      num_deepstack_features: visual feature sets added after the first layers (Qwen3-VL).
     """
 
     architecture: str
@@ -161,6 +183,8 @@ class ModelConfig:
     final_softcap: float | None = None
     local_rope: RopeConfig | None = None
     hybrid: HybridConfig | None = None
+    mrope: MRopeConfig | None = None
+    num_deepstack_features: int = 0
 
     @property
     def family(self) -> str:
@@ -404,10 +428,13 @@ class EngineConfig:
         The KV cache, the recurrent state (hybrid models), the float32 RoPE table
         ``[1, KVcap, rot]``, the prefill input
         ``[B, max_input_len, H]`` and the float32 logits ``[B, V]``; a lower bound of the whole.
+        The KV cache, the float32 RoPE table ``[1, KVcap, rot]`` (``[B, ...]`` with MRoPE), the
+        prefill input ``[B, max_input_len, H]`` and the float32 logits ``[B, V]``; a lower bound
+        of the whole.
         """
         m = self.model
         b = self.max_batch_size if batch is None else batch
-        rope = self.kv_capacity * m.rope_width * 4
+        rope = (b if m.mrope is not None else 1) * self.kv_capacity * m.rope_width * 4
         embeds = b * self.max_input_len * m.hidden_size * _ITEMSIZE[self.dtype]
         if m.hybrid is not None:
             rope = 0  # no rope table: hybrid attention has no RoPE
@@ -750,6 +777,8 @@ def _parse_model(raw: Mapping[str, Any], where: str) -> ModelConfig:
             )
     elif isinstance(model_type, str) and model_type in ARCHITECTURES.values():
         arch = next(a for a, t in ARCHITECTURES.items() if t == model_type)
+    elif isinstance(model_type, str) and model_type in vl.TEXT_MODEL_TYPES:
+        arch = next(a for a, t in vl.ARCHITECTURES.items() if t == vl.TEXT_MODEL_TYPES[model_type])
     else:
         raise ConfigError(
             f"{where}: missing required field 'architectures' (and model_type="
@@ -758,6 +787,10 @@ def _parse_model(raw: Mapping[str, Any], where: str) -> ModelConfig:
     family = ARCHITECTURES[arch]
     from . import families as fam  # lazily: families imports nothing from here at module level
 
+    vl_fields: dict[str, Any] = {}
+    if family in vl.BASE:  # a VL checkpoint: its text decoder, on the base family's fields
+        raw, vl_fields, where = vl.text_fields(raw, family, where)
+        family = vl.BASE[family]
     fam.check_fields(raw, family, where)
     if family == "nemotron_h":
         from .hybrid_config import parse_nemotron_h  # lazily: it imports this module
@@ -811,6 +844,8 @@ def _parse_model(raw: Mapping[str, Any], where: str) -> ModelConfig:
         rope = _parse_rope(raw, head_dim, max_pos, where, family)
     if gemma:
         extra.update(fam.gemma_fields(raw, family, hidden, where))
+    if vl_fields:
+        extra.update(_vl_extra(vl_fields, rope, layers, where))
 
     return ModelConfig(
         architecture=arch,
@@ -841,6 +876,24 @@ def _parse_model(raw: Mapping[str, Any], where: str) -> ModelConfig:
         bos_token_id=bos[0] if bos else None,
         eos_token_ids=_token_id(raw, "eos_token_id", where),
         **extra,
+    )
+
+
+def _vl_extra(
+    vl_fields: Mapping[str, Any], rope: RopeConfig, layers: int, where: str
+) -> dict[str, Any]:
+    """``mrope`` and ``num_deepstack_features`` of a VL text decoder, checked against it."""
+    sections = vl_fields["mrope_section"]
+    vl.check_sections(sections, rope.rotary_dim, f"{where}: rope_parameters")
+    count = vl_fields["num_deepstack_features"]
+    if count > layers:
+        raise ConfigError(
+            f"{where}: num_deepstack_features={count} (expected <= num_hidden_layers={layers}); "
+            "each feature set is added after one of the first decoder layers"
+        )
+    return dict(
+        mrope=MRopeConfig(section=sections, interleaved=vl_fields["mrope_interleaved"]),
+        num_deepstack_features=count,
     )
 
 

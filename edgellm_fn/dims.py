@@ -1,7 +1,7 @@
 """``InferenceDims``: the symbolic dimension values of one step, built only by recipes.
 
 Recipes follow Edge-LLM (see UPSTREAM.md); ``kv_len`` is always the full KV capacity and
-``rope_batch`` is 1 (B only for MRoPE models, not in this family).
+``rope_batch`` is 1, B for MRoPE models (one rope table per row, ``state/mrope.py``).
 """
 
 from __future__ import annotations
@@ -36,6 +36,10 @@ def _packed(n: int) -> int:
     return (n + 31) // 32
 
 
+def _rope_batch(cfg: EngineConfig, batch: int) -> int:
+    return batch if cfg.model.mrope is not None else 1
+
+
 def prefill_dims(cfg: EngineConfig, batch: int, seq_len: int, cache_empty: bool) -> InferenceDims:
     """Profile 0: ``seq_len`` new tokens per row; start index empty for a fresh cache."""
     return InferenceDims(
@@ -44,7 +48,7 @@ def prefill_dims(cfg: EngineConfig, batch: int, seq_len: int, cache_empty: bool)
         kv_len=cfg.kv_capacity,
         select_len=1,
         attn_mask_seq_len=1,
-        rope_batch=1,
+        rope_batch=_rope_batch(cfg, batch),
         packed_mask_len=1,
         start_index_len=0 if cache_empty else batch,
         spec_verify_phase_len=0,
@@ -59,7 +63,7 @@ def decode_dims(cfg: EngineConfig, batch: int) -> InferenceDims:
         kv_len=cfg.kv_capacity,
         select_len=1,
         attn_mask_seq_len=1,
-        rope_batch=1,
+        rope_batch=_rope_batch(cfg, batch),
         packed_mask_len=1,
         start_index_len=batch,
         spec_verify_phase_len=0,
@@ -74,7 +78,7 @@ def verify_dims(cfg: EngineConfig, batch: int, verify_len: int) -> InferenceDims
         kv_len=cfg.kv_capacity,
         select_len=verify_len,
         attn_mask_seq_len=verify_len,
-        rope_batch=1,
+        rope_batch=_rope_batch(cfg, batch),
         packed_mask_len=_packed(verify_len),
         start_index_len=batch,
         spec_verify_phase_len=verify_len,
@@ -89,7 +93,7 @@ def proposal_dims(cfg: EngineConfig, batch: int, seq_len: int, select_len: int) 
         kv_len=cfg.kv_capacity,
         select_len=select_len,
         attn_mask_seq_len=seq_len,
-        rope_batch=1,
+        rope_batch=_rope_batch(cfg, batch),
         packed_mask_len=_packed(seq_len),
         start_index_len=batch,
         spec_verify_phase_len=0,
@@ -104,7 +108,7 @@ def accept_dims(cfg: EngineConfig, batch: int, accepted: int) -> InferenceDims:
         kv_len=cfg.kv_capacity,
         select_len=1,
         attn_mask_seq_len=accepted,
-        rope_batch=1,
+        rope_batch=_rope_batch(cfg, batch),
         packed_mask_len=_packed(accepted),
         start_index_len=batch,
         spec_verify_phase_len=0,

@@ -19,6 +19,8 @@ from ..models.external import extra_shapes, weight_shapes
 from ..models.lora import INDEX_BINDING, bank_shapes
 
 Dim = int | tuple[str, ...]  # a fixed size, or the product of InferenceDims fields
+#: Qwen3-VL's deepstack inputs ``[B, S, H]``, one per feature set (upstream's deepstackEmbeds).
+DEEPSTACK_BINDING = "deepstack_embeds_%d"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +72,8 @@ class Profile:
         """``(min, max)`` of one dynamic ``InferenceDims`` field in this profile."""
         if field == "start_index_len":
             return self.batch if self.start_index_len is None else self.start_index_len
+        if field == "rope_batch":  # dynamic only for MRoPE, where it is the batch
+            return self.batch
         if field in ("attn_mask_seq_len", "packed_mask_len"):
             lo, hi = self.attn_mask_seq_len or (1, 1)
             return (lo, hi) if field == "attn_mask_seq_len" else ((lo + 31) // 32, (hi + 31) // 32)
@@ -224,6 +228,11 @@ def build_llm_spec(cfg: EngineConfig, max_decode_len: int = 1) -> EngineSpec:
             )
         )
     bindings.append(TensorSpec("last_token_ids", "in", "int32", (batch, ("select_len",))))
+    # Qwen3-VL: visual features added to the hidden states after layer i (zeros elsewhere).
+    bindings += [
+        TensorSpec(DEEPSTACK_BINDING % i, "in", cfg.dtype, (batch, seq, m.hidden_size))
+        for i in range(m.num_deepstack_features)
+    ]
     kv_shape = (batch, m.num_key_value_heads, ("kv_len",), m.head_dim)
     aliases = []
     for i in range(m.num_kv_layers):
@@ -260,11 +269,13 @@ def build_llm_spec(cfg: EngineConfig, max_decode_len: int = 1) -> EngineSpec:
         # Decode/verify: up to one logit row per token; one start index per row.
         Profile(batch=batch_range, seq_len=(1, max_decode_len), select_len=(1, max_decode_len)),
     )
+    # MRoPE: one table per row, so rope_batch follows the batch (dims.py); else fixed at 1.
+    rope_batch = () if m.mrope is not None else (("rope_batch", 1),)
     return EngineSpec(
         bindings=tuple(bindings),
         profiles=profiles,
         aliases=tuple(aliases),
-        static_dims=(("kv_len", cfg.kv_capacity), ("rope_batch", 1)),
+        static_dims=(("kv_len", cfg.kv_capacity), *rope_batch),
     )
 
 

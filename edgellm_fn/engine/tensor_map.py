@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 
 from ..models.lora import INDEX_BINDING
@@ -9,6 +11,7 @@ from ..state.io import PipelineIO
 from ..state.kv import KVCache
 from ..state.resources import SharedResources
 from ..state.spec_io import StepInputs
+from .spec import DEEPSTACK_BINDING
 
 
 def build_tensor_map(
@@ -17,6 +20,7 @@ def build_tensor_map(
     *,
     inputs_embeds: jax.Array,
     start_index: jax.Array,
+    deepstack: Sequence[jax.Array] = (),
 ) -> dict[str, jax.Array]:
     """Wires this step's I/O and the shared resources to binding names.
 
@@ -25,6 +29,8 @@ def build_tensor_map(
       res: KV cache, RoPE table, LoRA bank, external weights and extra inputs.
       inputs_embeds: ``[B, S, H]`` embedded tokens of this step.
       start_index: ``[B]`` int32 first new slot per row, or ``[0]`` for a fresh prefill.
+      deepstack: ``[B, S, H]`` per deepstack feature set (Qwen3-VL), bound as
+        ``deepstack_embeds_{i}``; empty for other models.
 
     Returns:
       Every input binding of ``build_llm_spec`` (the ``past_*`` caches and recurrent states
@@ -38,6 +44,8 @@ def build_tensor_map(
     }
     if res.rope is not None:  # None: a model without RoPE (hybrid NemotronH)
         tensors["rope_rotary_cos_sin"] = res.rope
+    for i, x in enumerate(deepstack):
+        tensors[DEEPSTACK_BINDING % i] = x
     for i, (k, v) in enumerate(zip(res.kv.k, res.kv.v, strict=True)):
         tensors[f"past_key_{i}"] = k
         tensors[f"past_value_{i}"] = v

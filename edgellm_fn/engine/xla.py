@@ -25,7 +25,7 @@ from ..models import fused, hybrid, llama, lora
 from ..models.external import LM_HEAD_INPUT
 from . import sharding
 from .protocol import Prepared, prepare_checked
-from .spec import EngineSpec, build_llm_spec
+from .spec import DEEPSTACK_BINDING, EngineSpec, build_llm_spec
 
 KERNEL_MODES = ("auto", "on", "off")
 
@@ -154,17 +154,20 @@ class XlaEngine:
         vs = [t[f"past_value_{i}"] for i in range(n)]
         use_kernels = self.decode_path(b)[0] == "kernels"
         select = t["last_token_ids"]
+        deepstack = [t[DEEPSTACK_BINDING % i] for i in range(m.num_deepstack_features)]
         if use_kernels and prepared.profile == 1 and s == 1:
             hidden, ks, vs = fused.decode_layers(
-                m, self.params, x[:, 0], rope, start, context, ks, vs
-            )
+                m, self.params, x[:, 0], rope, start, context, ks, vs,
+                deepstack=[d[:, 0] for d in deepstack],
+            )  # fmt: skip
             picked = hidden[:, None]  # decode selects its only token
         else:
             flash = use_kernels and jax.default_backend() == "gpu" and fresh and _flash_ok(m)
             adapters = lora.gather_rows(t, n)
             hidden, ks, vs = llama.run_layers(
-                m, self.params, x, cos_sin, positions, write_pos, context, ks, vs, flash, adapters
-            )
+                m, self.params, x, cos_sin, positions, write_pos, context, ks, vs, flash, adapters,
+                deepstack,
+            )  # fmt: skip
             picked = jnp.take_along_axis(hidden, select[:, :, None], axis=1)  # [B, sel, H]
         params = self.params
         if LM_HEAD_INPUT in t:  # a declared extra input replaces the built-in head

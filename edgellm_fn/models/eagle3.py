@@ -294,6 +294,12 @@ class SpecDecodeConfig:
                 f"SpecDecodeConfig: max_verify_tree_size={self.max_verify_tree_size} (expected "
                 f"<= kv capacity={self.base.kv_capacity})"
             )
+        if self.base.model.mrope is not None:
+            raise ConfigError(
+                f"SpecDecodeConfig: base {self.base.model.architecture} uses MRoPE (expected a "
+                "1-D RoPE base); EAGLE3 drafts and tree verification read one shared rope "
+                "table, not the per-row MRoPE table"
+            )
         layers = self.base.model.num_hidden_layers
         bad = [i for i in self.draft.aux_layers if not 0 <= i <= layers]
         if bad or not self.draft.aux_layers:

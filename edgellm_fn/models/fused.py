@@ -93,6 +93,7 @@ def decode_layers(
     v_caches: Sequence[jax.Array],
     *,
     use_kernels: bool = True,
+    deepstack: Sequence[jax.Array] = (),
 ) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
     """Every decoder layer for one new token per row.
 
@@ -101,6 +102,7 @@ def decode_layers(
       rope: ``[1 or B, C, rot]`` float32 table.
       start: ``[B]`` int32 slot of the new token; context_lengths: ``[B]`` valid slots after it.
       k_caches, v_caches: per layer ``[B, Hkv, C, D]``.
+      deepstack: ``[B, H]`` added after layer i for the i-th entry (Qwen3-VL).
 
     Returns:
       ``(hidden [B, H] before the final norm, k_caches, v_caches)``.
@@ -136,6 +138,8 @@ def decode_layers(
             activation=cfg.hidden_act,
         )
         x = linear(h, lp["w_down"], bias=lp.get("b_down"), residual=x)
+        if i < len(deepstack):
+            x = x + deepstack[i].astype(x.dtype)
         new_k.append(k)
         new_v.append(v)
     return x, new_k, new_v

@@ -263,11 +263,14 @@ def run_layers(
     v_caches: Sequence[jax.Array],
     flash: bool = False,
     lora: Sequence[LayerLora] | None = None,
+    deepstack: Sequence[jax.Array] = (),
 ) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
     """All decoder layers; returns final hidden ``[B, S, H]`` (before the final norm) and caches.
 
     ``lora``: per layer, the rows' adapter pairs (``models.lora.gather_rows``), or None.
     ``x`` is the plain embedding lookup; ``cfg.embed_scale`` (Gemma) is applied here.
+    ``deepstack`` (Qwen3-VL): ``[B, S, H]`` added to the output of layer ``i`` for the i-th
+    entry (zeros where a token has no visual feature, as transformers' ``_deepstack_process``).
     """
     if cfg.embed_scale != 1.0:
         x = x * jnp.asarray(cfg.embed_scale, x.dtype)
@@ -287,6 +290,8 @@ def run_layers(
             flash,
             None if lora is None else lora[i],
         )
+        if i < len(deepstack):
+            x = x + deepstack[i].astype(x.dtype)
         new_k.append(k)
         new_v.append(v)
     return x, new_k, new_v

@@ -45,21 +45,37 @@ def _fused_checkpoint(cfg: ModelConfig) -> bool:
     return cfg.family == "phi3"
 
 
-def hf_tensor_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor name the checkpoint must hold, with its Hugging Face shape ``[out, in]``."""
+#: Where a VL checkpoint saved by transformers 5 keeps its text decoder (older files, and
+#: Qwen2(.5)-VL saved by transformers 5 in their original layout, use ``model.``).
+VL_DECODER_PREFIX = "model.language_model."
+
+
+def decoder_prefix(cfg: ModelConfig, names) -> str:
+    """``"model."``, or ``VL_DECODER_PREFIX`` for a VL checkpoint whose tensors use it."""
+    if cfg.mrope is not None and f"{VL_DECODER_PREFIX}embed_tokens.weight" in names:
+        return VL_DECODER_PREFIX
+    return "model."
+
+
+def hf_tensor_shapes(cfg: ModelConfig, prefix: str = "model.") -> dict[str, tuple[int, ...]]:
+    """Every tensor name the checkpoint must hold, with its Hugging Face shape ``[out, in]``.
+
+    ``prefix``: where the decoder's tensors live (``decoder_prefix``); ``lm_head`` is top-level.
+    A VL checkpoint's vision tower is not among them (it is not loaded).
+    """
     if cfg.hybrid is not None:  # NemotronH: models/hybrid_weights.py
         from .hybrid_weights import hf_tensor_shapes as hybrid_shapes
 
         return hybrid_shapes(cfg)
     h, f, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
     shapes: dict[str, tuple[int, ...]] = {
-        "model.embed_tokens.weight": (cfg.vocab_size, h),
-        "model.norm.weight": (h,),
+        f"{prefix}embed_tokens.weight": (cfg.vocab_size, h),
+        f"{prefix}norm.weight": (h,),
     }
     if not cfg.tie_word_embeddings:
         shapes["lm_head.weight"] = (cfg.vocab_size, h)
     for i in range(cfg.num_hidden_layers):
-        p = f"model.layers.{i}."
+        p = f"{prefix}layers.{i}."
         for hf in norm_names(cfg).values():
             shapes[p + f"{hf}.weight"] = (h,)
         if _fused_checkpoint(cfg):
@@ -162,7 +178,7 @@ def load_hf_tensors(
     located = _locate(ckpt)
     index = ckpt / "model.safetensors.index.json"
     source = index if index.is_file() else ckpt / "model.safetensors"
-    shapes = hf_tensor_shapes(cfg)
+    shapes = hf_tensor_shapes(cfg, decoder_prefix(cfg, located))
     by_file: dict[Path, set[str]] = {}
     for name in shapes:
         if name not in located:
@@ -222,6 +238,7 @@ def params_from_hf(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype: str)
         from .hybrid_weights import params_from_hf as hybrid_params
 
         return hybrid_params(cfg, tensors, dtype)
+    pre = decoder_prefix(cfg, tensors)
     jdt = lookup_dtype(normalize_dtype(dtype, "dtype")).jnp
 
     def t(name: str) -> np.ndarray:
@@ -231,14 +248,14 @@ def params_from_hf(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype: str)
         return jnp.asarray(x, jdt)
 
     params: Params = {
-        "embed": put(t("model.embed_tokens.weight")),
-        "final_norm": put(t("model.norm.weight")),
+        "embed": put(t(f"{pre}embed_tokens.weight")),
+        "final_norm": put(t(f"{pre}norm.weight")),
     }
     if not cfg.tie_word_embeddings:
         params["lm_head"] = put(t("lm_head.weight"))
     layers = []
     for i in range(cfg.num_hidden_layers):
-        p = f"model.layers.{i}."
+        p = f"{pre}layers.{i}."
         a, m = p + "self_attn.", p + "mlp."
         lp = {key: put(t(p + f"{hf}.weight")) for key, hf in norm_names(cfg).items()}
         if _fused_checkpoint(cfg):
@@ -286,21 +303,22 @@ def load_checkpoint(
     return cfg, params_from_hf(cfg, tensors, dtype or cfg.dtype)
 
 
-def params_to_hf(cfg: ModelConfig, params: Params) -> dict[str, np.ndarray]:
-    """Inverse of ``params_from_hf``: Hugging Face tensor names and ``[out, in]`` layouts."""
+def params_to_hf(cfg: ModelConfig, params: Params, prefix: str = "model.") -> dict[str, np.ndarray]:
+    """Inverse of ``params_from_hf``: Hugging Face tensor names and ``[out, in]`` layouts
+    (the decoder's under ``prefix``)."""
 
     def n(x) -> np.ndarray:
         return np.asarray(x)
 
     out = {
-        "model.embed_tokens.weight": n(params["embed"]),
-        "model.norm.weight": n(params["final_norm"]),
+        f"{prefix}embed_tokens.weight": n(params["embed"]),
+        f"{prefix}norm.weight": n(params["final_norm"]),
     }
     if not cfg.tie_word_embeddings:
         out["lm_head.weight"] = n(params["lm_head"])
     q, kv = cfg.q_size, cfg.kv_size
     for i, lp in enumerate(params["layers"]):
-        p = f"model.layers.{i}."
+        p = f"{prefix}layers.{i}."
         a, m = p + "self_attn.", p + "mlp."
         for key, hf in norm_names(cfg).items():
             out[p + f"{hf}.weight"] = n(lp[key])

@@ -80,6 +80,12 @@ def _insert(
                 conv=tuple(_set_row(a, slot, b) for a, b in zip(rec.conv, prec.conv, strict=True)),
             ),
         )
+    if res.rope_delta is not None:  # MRoPE: the row's own rope table and delta move with it
+        res = dataclasses.replace(
+            res,
+            rope=_set_row(res.rope, slot, prefilled.res.rope),
+            rope_delta=_set_row(res.rope_delta, slot, prefilled.res.rope_delta),
+        )
     return RuntimeState(io=io, res=res)
 
 

@@ -249,7 +249,7 @@ class PrefixStore:
         vocab = self.vocab_size if self.vocab_size is not None else np.iinfo(np.int64).max
         tokens = steps.check_token_ids(tokens, vocab, "PrefixStore.lookup: tokens").tolist()
         best, best_n = None, 0
-        for lora, key in self._entries:
+        for (lora, key), entry in self._entries.items():
             if lora != (lora_name or None):
                 continue
             n = 0

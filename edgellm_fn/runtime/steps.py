@@ -19,6 +19,7 @@ Static arguments (changing them recompiles): the engine's config (part of its py
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,7 @@ from ..engine.tensor_map import build_tensor_map
 from ..errors import InputError
 from ..state import host
 from ..state.resources import RuntimeState
+from . import vl_inputs
 
 
 def embed(engine: Engine, tokens: jax.Array) -> jax.Array:
@@ -105,6 +107,8 @@ def prefill_step(
     context_lengths: jax.Array,
     *,
     append: bool = False,
+    position_ids: jax.Array | None = None,
+    deepstack: tuple[jax.Array, ...] | None = None,
 ) -> RuntimeState:
     """Pure prefill body (profile 0); see ``prefill``."""
     b, s, _ = inputs_embeds.shape
@@ -116,10 +120,21 @@ def prefill_step(
         last_token_ids=(context_lengths - first - 1)[:, None],
     )
     start = state.kv.lengths if append else jnp.zeros((0,), jnp.int32)
-    tensors = build_tensor_map(io, state.res, inputs_embeds=inputs_embeds, start_index=start)
+    res = state.res
+    if engine.config.model.mrope is not None:  # this request's rows of the per-row table
+        res = vl_inputs.prefill_rope(
+            engine.config.model, res, position_ids, first, context_lengths, s, append
+        )
+    tensors = build_tensor_map(
+        io,
+        res,
+        inputs_embeds=inputs_embeds,
+        start_index=start,
+        deepstack=vl_inputs.step_deepstack(engine.config, deepstack, b, s),
+    )
     dims = prefill_dims(engine.config, b, s, cache_empty=not append)
     outputs = engine.execute(engine.prepare(0, dims, tensors))
-    return _finish(state, io, outputs, context_lengths)
+    return _finish(dataclasses.replace(state, res=res), io, outputs, context_lengths)
 
 
 def decode_step(
@@ -161,7 +176,11 @@ def decode_step(
         last_token_ids=jnp.zeros((b, 1), jnp.int32),
     )
     tensors = build_tensor_map(
-        io, state.res, inputs_embeds=io.inputs_embeds, start_index=io.start_index
+        io,
+        state.res,
+        inputs_embeds=io.inputs_embeds,
+        start_index=io.start_index,
+        deepstack=vl_inputs.step_deepstack(engine.config, None, b, 1),
     )
     outputs = engine.execute(engine.prepare(1, decode_dims(engine.config, b), tensors))
     grown = lengths + 1 if active is None else jnp.where(active, lengths + 1, lengths)
@@ -189,6 +208,8 @@ def prefill(
     context_lengths: jax.Array,
     *,
     append: bool = False,
+    position_ids: jax.Array | None = None,
+    deepstack: Sequence[jax.Array] | None = None,
 ) -> RuntimeState:
     """Runs the prompt (right-padded, ragged) through the engine and fills the KV cache.
 
@@ -200,12 +221,19 @@ def prefill(
         for a fresh prefill, ``kv.lengths + chunk lengths`` with ``append=True``.
       append: static; continue rows from ``state.kv.lengths`` (chunked prefill, prefix reuse)
         instead of starting from an empty cache.
+      position_ids: MRoPE models (Qwen-VL): ``[3, B, S]`` int temporal/height/width positions
+        of the step's tokens (transformers' ``get_rope_index``); None: text positions. Decode
+        continues each row at its largest position + 1 (``state.res.rope_delta``).
+      deepstack: Qwen3-VL: ``num_deepstack_features`` arrays ``[B, S, H]`` added after the
+        first layers (zeros at non-visual tokens; ``runtime.vl_inputs.dense_deepstack``);
+        None: no visual features.
 
     Returns:
       The new state; ``state.io.logits`` ``[B, V]`` are the logits of each row's last token.
 
     Raises:
-      InputError: on a bad shape, dtype or length, before anything is donated.
+      InputError: on a bad shape, dtype or length (of ``position_ids`` and ``deepstack`` too),
+        before anything is donated.
     """
     check_live(state, "prefill")
     cfg = engine.config
@@ -243,7 +271,20 @@ def prefill(
                 f"padded slots (expected {int(first[r])} + S <= kv capacity={cfg.kv_capacity}); "
                 "pad the chunk to fewer tokens or split it"
             )
-    new = prefill_jit(engine, state, inputs_embeds, jnp.asarray(ctx, jnp.int32), append=append)
+    if position_ids is not None or deepstack is not None:
+        first = host.recall(state.kv.lengths) if append else np.zeros(b, np.int64)
+        position_ids, deepstack = vl_inputs.check_prefill_inputs(
+            cfg, position_ids, deepstack, b, s, ctx - first if isinstance(ctx, np.ndarray) else None
+        )
+    new = prefill_jit(
+        engine,
+        state,
+        inputs_embeds,
+        jnp.asarray(ctx, jnp.int32),
+        append=append,
+        position_ids=position_ids,
+        deepstack=deepstack,
+    )
     host.remember(new.kv.lengths, ctx if isinstance(ctx, np.ndarray) else None)
     return new
 

@@ -40,6 +40,8 @@ class SharedResources:
       draft_kv: the draft engine's KV cache (speculative decoding), else None.
       recurrent: the SSM/conv states of a hybrid model's Mamba2 layers
         (``state/recurrent.py``), else None.
+      rope_delta: ``[B]`` int32 per-row MRoPE delta (decode position = slot + delta;
+        ``state/mrope.py``); None for a model with 1-D RoPE.
     """
 
     kv: KVCache
@@ -49,6 +51,7 @@ class SharedResources:
     extra: dict[str, jax.Array] | None = None  # name -> declared extra input
     draft_kv: KVCache | None = None
     recurrent: RecurrentState | None = None
+    rope_delta: jax.Array | None = None  # [B] i32, MRoPE only
 
     @classmethod
     def create_for_llm(
@@ -86,13 +89,18 @@ class SharedResources:
                 dtype(m.hybrid.mamba.ssm_dtype).jnp,
                 dtype(cfg.dtype).jnp,
             )
+        # MRoPE: one table per row (ropeBatch = B), each row rewritten by its prefill.
+        mrope = m.mrope is not None
         return cls(
             kv=kv,
-            rope=None if m.hybrid is not None else model_rope_table(m, cfg.kv_capacity),
+            rope=None
+            if m.hybrid is not None
+            else model_rope_table(m, cfg.kv_capacity, batch if mrope else 1),
             lora=lora,
             weights=copy(weights),
             extra=copy(extra),
             recurrent=recurrent,
+            rope_delta=jnp.zeros((batch,), jnp.int32) if mrope else None,
         )
 
     @classmethod

@@ -55,6 +55,14 @@ def check_exportable(cfg: EngineConfig) -> None:
             "standard op; they would need a Scan/Loop subgraph), so hybrid models run on the "
             "xla provider only"
         )
+    m = cfg.model
+    if m.mrope is not None:
+        raise ConfigError(
+            f"onnx export: {m.architecture} uses MRoPE"
+            f"{' and deepstack inputs' if m.num_deepstack_features else ''} (expected a 1-D "
+            "RoPE model); the graph reads one shared rope table and has no deepstack inputs, "
+            "run this family on the xla provider"
+        )
     rot = cfg.model.rope.rotary_dim
     if rot % 2 or rot > cfg.model.head_dim:
         raise ConfigError(
