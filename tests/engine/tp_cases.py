@@ -320,3 +320,29 @@ def test_a_hybrid_model_is_refused_before_its_weights_are_read(tmp_path):
     assert isinstance(transformers.NemotronHConfig.from_pretrained(tmp_path).vocab_size, int)
     with pytest.raises(ef.TensorParallelError, match=r"hybrid Mamba2 model .* \(expected 1\)"):
         ef.load_engine(tmp_path, tensor_parallel=2, **LIMITS)
+
+
+def test_mrope_and_deepstack_under_tensor_parallelism(tmp_path):
+    """Qwen3-VL's text decoder (per-row MRoPE table, rope delta, deepstack inputs): a prefill of
+    given embeddings and 3-D positions, then 6 greedy steps, equal on 1 and 4 devices."""
+    from ..models.test_mrope import _hf_model
+
+    _hf_model("qwen3_vl").save_pretrained(tmp_path)
+    rng = np.random.default_rng(0)
+    lengths = np.array([9, 5])
+    x = jnp.asarray(rng.normal(size=(2, 9, 64)), jnp.float32)
+    pos = np.broadcast_to(np.arange(9), (3, 2, 9)).copy()
+    pos[1:, :, 3:6] = [[0, 1, 2]]  # an image-like block: h/w positions repeat
+    deepstack = tuple(jnp.asarray(rng.normal(size=(2, 9, 64)), jnp.float32) for _ in range(2))
+    runs = []
+    for tp in (1, N):
+        engine = ef.load_engine(tmp_path, tensor_parallel=tp, **LIMITS)
+        state = ef.create_state(engine.config, 2)
+        state = ef.prefill(engine, state, x, lengths, position_ids=pos, deepstack=deepstack)
+        logits = [np.array(state.io.logits)]
+        for _ in range(6):
+            state = ef.decode(engine, state, logits[-1].argmax(-1).astype(np.int32))
+            logits.append(np.array(state.io.logits))
+        runs.append(np.stack(logits))
+    np.testing.assert_allclose(runs[1], runs[0], rtol=1e-5, atol=2e-5)
+    np.testing.assert_array_equal(runs[1].argmax(-1), runs[0].argmax(-1))
