@@ -20,6 +20,7 @@ from .errors import CheckpointError as CheckpointError
 from .errors import ConfigError as ConfigError
 from .errors import EngineError as EngineError
 from .errors import InputError as InputError
+from .errors import TensorParallelError as TensorParallelError
 from .models.eagle3 import Eagle3Config as Eagle3Config
 from .models.eagle3 import SpecDecodeConfig as SpecDecodeConfig
 from .models.loader import load_checkpoint as load_checkpoint
@@ -81,6 +82,7 @@ __all__ = [
     "SharedResources",
     "SpecDecodeConfig",
     "SpecResult",
+    "TensorParallelError",
     "TextDelta",
     "Tokenizer",
     "XlaEngine",

@@ -34,7 +34,7 @@ top-k {DEFAULTS["top_k"]} (off).
 With --input-file, a flag given on the command line overrides the file's top-level field:
 --max-new-tokens (max_generate_length), --temperature, --top-p, --top-k, --batch-size
 (batch_size), --chat/--no-chat (apply_chat_template). Fields the file and the flags both leave
-out take the defaults shown below, the same as the Python API's (edgellm_fn.defaults).
+out take the defaults shown below, the same as the Python API's (edgellm_fn.config.defaults).
 """
 
 
@@ -107,6 +107,18 @@ def _add_limits(p: argparse.ArgumentParser, *, provider_required: bool = False) 
     )
 
 
+def _add_tensor_parallel(p: argparse.ArgumentParser) -> None:
+    """``--tensor-parallel N`` (xla provider; ``engine/sharding.py``)."""
+    p.add_argument(
+        "--tensor-parallel",
+        type=_int_arg(1),
+        default=1,
+        metavar="N",
+        help="xla: split the model over the first N devices (heads, MLP, vocabulary; few KV "
+        "heads replicated); NCCL_NVLS_ENABLE=0 is set (default: %(default)s)",
+    )
+
+
 def _engine(args, lora_limits: tuple[int, int] = (0, 0)):
     from .engine.loading import load_engine
 
@@ -120,6 +132,7 @@ def _engine(args, lora_limits: tuple[int, int] = (0, 0)):
         max_lora_rank=lora_limits[0],
         max_loras=lora_limits[1],
         vocab_map=args.vocab_map,
+        tensor_parallel=getattr(args, "tensor_parallel", 1),
     )
 
 
@@ -478,6 +491,7 @@ def _add_generate(sub) -> None:
     )
     g.add_argument("--lora-name", help="the --lora adapter the --prompt runs on")
     _add_limits(g)
+    _add_tensor_parallel(g)
     from .cli_spec import add_spec_arguments
 
     add_spec_arguments(g)
@@ -548,6 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(a chat's history) and prefills only the rest (0: off)",
     )
     _add_limits(sv)
+    _add_tensor_parallel(sv)
     sv.set_defaults(fn=cmd_serve)
 
     ch = sub.add_parser("chat", help="a multi-turn chat in the terminal (streamed replies)")
@@ -559,6 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--top-k", type=_int_arg(0), help="as generate's; 1 is greedy")
     ch.add_argument("--seed", type=_int_arg(0, MAX_SEED), default=DEFAULTS["seed"])
     _add_limits(ch)
+    _add_tensor_parallel(ch)
     ch.set_defaults(fn=cmd_chat)
 
     d = sub.add_parser("demo", help="generate with the embedded demo model")
@@ -599,6 +615,8 @@ def flag_hint(message: str, parser: argparse.ArgumentParser) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "tensor_parallel", 1) > 1:  # before any GPU collective: NVLink multicast off
+        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     try:
         return args.fn(args)
     except (ConfigError, InputError, ValueError) as e:

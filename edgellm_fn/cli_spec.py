@@ -30,6 +30,11 @@ def cmd_generate_spec(args, batch, encode_request) -> int:
         raise InputError(
             f"generate: --draft runs on the xla provider (got --provider {args.provider})"
         )
+    if getattr(args, "tensor_parallel", 1) > 1:
+        raise InputError(
+            f"generate: --draft with --tensor-parallel {args.tensor_parallel} (expected 1); "
+            "speculative decoding runs on one device"
+        )
     temperature, _, top_k = batch.sampling()
     if not (top_k == 1 or temperature <= 0):
         raise InputError(

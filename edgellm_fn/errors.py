@@ -25,6 +25,10 @@ class EngineError(ValueError):
     """A tensor map or engine does not match the engine contract (binding, shape, dtype)."""
 
 
+class TensorParallelError(ConfigError):
+    """A model cannot be split over the requested devices (``engine/sharding.py``)."""
+
+
 def show(value: Any, limit: int = 80) -> str:
     """``repr(value)`` cut to ``limit`` characters, so a hostile value cannot flood a message."""
     try:

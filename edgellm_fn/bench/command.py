@@ -49,6 +49,7 @@ def bench_engine(engine: Engine, *, batch: int, prompt_len: int, decode_steps: i
         "context": prompt_len,
         **measure(runner, ids, steps=decode_steps, warmup=2),
         "device": str(jax.devices()[0].device_kind),
+        "tensor_parallel": cfg.tensor_parallel,
         "host": platform.processor() or platform.machine(),
         "date": datetime.date.today().isoformat(),
     }
@@ -91,6 +92,14 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         default=DEFAULTS["max_input_len"],
         help="--model: longest prompt (default: %(default)s)",
     )
+    p.add_argument(
+        "--tensor-parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="xla: split the model over the first N devices (engine/sharding.py; needs --peers '' "
+        "with --preset) (default: %(default)s)",
+    )
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -114,6 +123,7 @@ def run_bench(args: argparse.Namespace) -> int:
         dtype=args.dtype or "bfloat16",
         compile_timeout_s=args.compile_timeout,
         seed=args.seed,
+        tensor_parallel=args.tensor_parallel,
     )
     rows: list[dict] = []
 
@@ -150,6 +160,7 @@ def _run_model(args: argparse.Namespace) -> int:
         max_input_len=args.max_input_len,
         kv_capacity=args.kv_capacity or DEFAULTS["kv_capacity"],
         dtype=args.dtype,
+        tensor_parallel=args.tensor_parallel,
     )
     steps = args.steps if args.steps is not None else 50
     cap = engine.config.kv_capacity

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ..config import ModelConfig
+from ..config import EngineConfig, ModelConfig
 from ..dtypes import FLOAT_DTYPES
 from ..dtypes import dtype as lookup_dtype
 from ..errors import InputError
@@ -197,8 +197,17 @@ def param_shapes(cfg: ModelConfig) -> Params:
     return shapes
 
 
-def random_params(cfg: ModelConfig, key: jax.Array, dtype: str = "bfloat16") -> Params:
+def random_params(
+    cfg: ModelConfig,
+    key: jax.Array,
+    dtype: str = "bfloat16",
+    *,
+    tensor_parallel: EngineConfig | None = None,
+) -> Params:
     """Random params drawn on the default device (one jitted call, no host copy).
+
+    With ``tensor_parallel`` (an engine config of ``tensor_parallel > 1``) they are drawn in its
+    TP layout, each device drawing only its shard (``engine/sharding.py``).
 
     Matrices are ``N(0, 1/fan_in)`` and the embedding ``N(0, 1)``, so activations stay O(1) and
     greedy logits are well separated; norm weights are 1 + noise and biases noise (std 0.1).
@@ -208,7 +217,16 @@ def random_params(cfg: ModelConfig, key: jax.Array, dtype: str = "bfloat16") -> 
     """
     if dtype not in FLOAT_DTYPES:
         raise InputError(f"bench: --dtype={dtype!r} (expected one of {sorted(FLOAT_DTYPES)})")
-    return _init_fn(cfg, dtype)(key)
+    init = _init_fn(cfg, dtype)
+    if tensor_parallel is None or tensor_parallel.tensor_parallel == 1:
+        return init(key)
+    from ..engine.sharding import param_shardings, to_tp_layout
+
+    def draw(k: jax.Array) -> Params:
+        return to_tp_layout(cfg, init(k))
+
+    out = param_shardings(tensor_parallel, jax.eval_shape(draw, key))
+    return jax.jit(draw, out_shardings=out)(key)
 
 
 def _is_shape(x: Any) -> bool:

@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from ..config import EngineConfig
+from ..engine.sharding import check_tensor_parallel
 from ..engine.xla import XlaEngine
 from ..errors import InputError
 from . import ceilings as roofline
@@ -78,8 +79,16 @@ class RunSpec:
     dtype: str = "bfloat16"
     compile_timeout_s: float = 120.0
     seed: int = 0
+    tensor_parallel: int = 1
 
     def __post_init__(self) -> None:
+        if self.tensor_parallel != 1:
+            if self.peers:
+                raise InputError(
+                    f"bench: --tensor-parallel {self.tensor_parallel} with --peers="
+                    f"{','.join(self.peers)} (expected --peers ''); the peers run on one device"
+                )
+            check_tensor_parallel(self.preset.model, self.tensor_parallel, "bench")
         for flag, values in (("--batch", self.batches), ("--context", self.contexts)):
             if not values or min(values) < 1:
                 raise InputError(f"bench: {flag}={list(values)} (expected integers >= 1)")
@@ -198,8 +207,10 @@ def build_engine(spec: RunSpec) -> XlaEngine:
         max_input_len=max(spec.contexts),
         kv_capacity=spec.kv_capacity,
         dtype=spec.dtype,
+        tensor_parallel=spec.tensor_parallel,
     )
-    return XlaEngine(cfg, random_params(model, jax.random.PRNGKey(spec.seed), spec.dtype))
+    key = jax.random.PRNGKey(spec.seed)
+    return XlaEngine(cfg, random_params(model, key, spec.dtype, tensor_parallel=cfg))
 
 
 Factory = Callable[[int], Runner]
@@ -273,6 +284,7 @@ def run_matrix(spec: RunSpec, on_row: Callable[[dict], None] | None = None) -> l
         "gpu": device_name(),
         "date": datetime.date.today().isoformat(),
         "jax": jax.__version__,
+        "tensor_parallel": spec.tensor_parallel,
         **limits,
     }
     rows = []

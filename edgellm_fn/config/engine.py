@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, show
+from ..errors import ConfigError, TensorParallelError, show
 from .defaults import DEFAULTS
 from .fields import _ITEMSIZE, DTYPES, LIMITS, _require_mapping, normalize_dtype
 from .model import ModelConfig, _parse_model
@@ -127,14 +127,23 @@ class EngineConfig:
       deployment: built limits.
       dtype: activation/weight dtype name.
       kv_dtype: KV cache dtype name.
+      tensor_parallel: devices the xla provider splits the model over (``engine/sharding.py``);
+        1: one device. Not part of an engine directory's config.json.
     """
 
     model: ModelConfig
     deployment: DeploymentConfig
     dtype: str
     kv_dtype: str
+    tensor_parallel: int = 1
 
     def __post_init__(self) -> None:
+        tp = self.tensor_parallel
+        if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
+            raise TensorParallelError(
+                f"EngineConfig: tensor_parallel={show(tp)} (expected an integer >= 1, the "
+                "devices to split the model over)"
+            )
         for name in ("dtype", "kv_dtype"):
             value = getattr(self, name)
             if value not in DTYPES:
@@ -275,6 +284,7 @@ class EngineConfig:
         reduced_vocab_size: int = 0,
         external_weights: bool = False,
         extra_inputs: tuple[str, ...] = (),
+        tensor_parallel: int = 1,
     ) -> EngineConfig:
         """Builds an engine config; dtypes default to the checkpoint's.
 
@@ -286,6 +296,7 @@ class EngineConfig:
             ``MEMORY_FRACTION`` of the memory available on the default device.
           max_lora_rank, max_loras: the LoRA adapter bank (``models/lora.py``); 0: none.
           reduced_vocab_size, external_weights, extra_inputs: see ``DeploymentConfig``.
+          tensor_parallel: devices to split the model over (``engine/sharding.py``).
 
         Raises:
           ConfigError: a limit is out of range, or the state would exceed ``max_state_bytes``.
@@ -305,6 +316,7 @@ class EngineConfig:
             ),
             dtype=dtype,
             kv_dtype=normalize_dtype(kv_dtype or dtype, "kv_cache_dtype"),
+            tensor_parallel=tensor_parallel,
         )
         cfg.check_memory(max_state_bytes)
         return cfg

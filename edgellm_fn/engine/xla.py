@@ -23,6 +23,7 @@ from ..dims import InferenceDims
 from ..errors import EngineError
 from ..models import fused, hybrid, llama, lora
 from ..models.external import LM_HEAD_INPUT
+from . import sharding
 from .protocol import Prepared, prepare_checked
 from .spec import DEEPSTACK_BINDING, EngineSpec, build_llm_spec
 
@@ -61,10 +62,20 @@ class XlaEngine:
         vocab_map: ``[reduced_vocab_size]`` int32 full id of each logit column.
         """
         self.config = config
-        self.params = params
         self.kernels = _kernel_mode(kernels)
-        self._vocab_map = vocab_map
         check_output_vocab(config, vocab_map, params.get("lm_head"), "xla provider")
+        if config.tensor_parallel > 1:  # each device gets its shard (engine/sharding.py)
+            if self.kernels == "on":
+                raise EngineError(
+                    f"xla provider: kernels='on' with tensor_parallel={config.tensor_parallel} "
+                    "(expected 'auto' or 'off'); the fused kernels run on one device, tensor "
+                    "parallelism runs the reference path"
+                )
+            params = sharding.shard_params(config, params)
+            if vocab_map is not None:
+                vocab_map = sharding.place(vocab_map, sharding.replicated(config))
+        self.params = params
+        self._vocab_map = vocab_map
         if config.deployment.external_weights:
             raise EngineError(
                 "xla provider: external_weights=True (expected False); the xla provider holds "
@@ -90,6 +101,8 @@ class XlaEngine:
         platform = jax.default_backend()
         if self.kernels == "off":
             return "reference", "kernels='off'"
+        if self.config.tensor_parallel > 1:
+            return "reference", f"tensor_parallel={self.config.tensor_parallel} (kernels: 1 device)"
         why = fused.kernel_support(self.config, batch, platform)
         if self.config.model.hybrid is not None:
             why = "hybrid Mamba2 models have no fused decode kernels"
@@ -167,6 +180,8 @@ class XlaEngine:
         for i in range(n):
             out[f"present_key_{i}"] = ks[i]
             out[f"present_value_{i}"] = vs[i]
+        if self.config.tensor_parallel > 1:  # outputs land in the donated state's buffers
+            out = sharding.constrain_outputs(self.config, out)
         return out
 
 

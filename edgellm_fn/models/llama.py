@@ -10,6 +10,9 @@ streams contiguous rows; q/k/v and gate/up fused at load time)::
                  "w_down": [H, F], "b_down": [H]?,
                  "post_attn_norm": [H]?, "post_mlp_norm": [H]? (Gemma's sandwich norms)}, ...]}
 
+Tensor parallelism (``engine/sharding.py``) holds the projections unfused instead: ``wq, wk, wv``
+(``bq, bk, bv``) and ``w_gate, w_up`` (``b_gate, b_up``), each split on its own output rows.
+
 KV cache writes and attention work on the full-capacity slab ``[B, Hkv, C, D]`` of each layer::
 
     slot:      0   1   2   3   4   5   6   7  ...  C-1
@@ -207,8 +210,11 @@ def decoder_layer(
         rot = cfg.rope.rotary_dim
         cos_sin = cos_sin[..., rot:] if window else cos_sin[..., :rot]
     h = rms_norm(x, lp["attn_norm"], eps, off)
-    qkv = adapt(linear(h, lp["wqkv"], lp.get("bqkv")), h, "q_proj", "k_proj", "v_proj")
-    q, k, v = jnp.split(qkv, [cfg.q_size, cfg.q_size + cfg.kv_size], axis=-1)
+    if "wqkv" in lp:
+        qkv = adapt(linear(h, lp["wqkv"], lp.get("bqkv")), h, "q_proj", "k_proj", "v_proj")
+        q, k, v = jnp.split(qkv, [cfg.q_size, cfg.q_size + cfg.kv_size], axis=-1)
+    else:  # tensor-parallel layout (engine/sharding.py): each projection split on its own
+        q, k, v = (adapt(linear(h, lp[f"w{n}"], lp.get(f"b{n}")), h, f"{n}_proj") for n in "qkv")
     q = q.reshape(b, s, cfg.num_attention_heads, cfg.head_dim)
     k = k.reshape(b, s, cfg.num_key_value_heads, cfg.head_dim)
     v = v.reshape(b, s, cfg.num_key_value_heads, cfg.head_dim)
@@ -231,8 +237,13 @@ def decoder_layer(
         out = rms_norm(out, lp["post_attn_norm"], eps, off)
     x = x + out
     h = rms_norm(x, lp["mlp_norm"], eps, off)
-    gate_up = adapt(linear(h, lp["w_gate_up"], lp.get("b_gate_up")), h, "gate_proj", "up_proj")
-    gate, up = jnp.split(gate_up, 2, axis=-1)
+    if "w_gate_up" in lp:
+        gate_up = adapt(linear(h, lp["w_gate_up"], lp.get("b_gate_up")), h, "gate_proj", "up_proj")
+        gate, up = jnp.split(gate_up, 2, axis=-1)
+    else:  # tensor-parallel layout
+        gate, up = (
+            adapt(linear(h, lp[f"w_{n}"], lp.get(f"b_{n}")), h, f"{n}_proj") for n in ("gate", "up")
+        )
     act = ACTIVATIONS[cfg.hidden_act](gate) * up
     down = adapt(linear(act, lp["w_down"], lp.get("b_down")), act, "down_proj")
     if cfg.sandwich_norms:

@@ -191,12 +191,21 @@ def create_state(
     spec = build_llm_spec(cfg)
     weights = check_inputs(spec, "weight", weights, "create_state: weights") or None
     extra = check_inputs(spec, "extra", extra, "create_state: extra") or None
-    state = RuntimeState(
-        io=PipelineIO.create(
-            batch, cfg.output_vocab_size, cfg.model.hidden_size, dtype(cfg.dtype).jnp, sampling
-        ),
-        res=SharedResources.create_for_llm(cfg, batch, lora, weights, extra),
-    )
+
+    def build() -> RuntimeState:
+        return RuntimeState(
+            io=PipelineIO.create(
+                batch, cfg.output_vocab_size, cfg.model.hidden_size, dtype(cfg.dtype).jnp, sampling
+            ),
+            res=SharedResources.create_for_llm(cfg, batch, lora, weights, extra),
+        )
+
+    if cfg.tensor_parallel > 1:  # each device allocates its shard (engine/sharding.py)
+        from ..engine.sharding import allocate_state
+
+        state = allocate_state(cfg, build)
+    else:
+        state = build()
     host.remember(state.kv.lengths, np.zeros(batch, np.int64))
     return state
 
