@@ -331,3 +331,19 @@ def test_bad_serve_flags_name_the_flag(argv, match, capsys):
     with pytest.raises(SystemExit):
         cli.main(["serve", "--model", "M", *argv])
     assert re.search(match, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (
+            ["--draft", "D", "--tree-topk", "0"],
+            r"argument --tree-topk: 0 \(expected an integer >= 1\)",
+        ),
+        (["--draft", "D", "--verify-size", "-2"], r"argument --verify-size: -2 \(expected an"),
+    ],
+)
+def test_bad_draft_flags_name_the_flag(argv, match, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--model", "M", "--prompt", "hi", *argv])
+    assert re.search(match, capsys.readouterr().err)
