@@ -291,8 +291,8 @@ def _check_prompts(engine: Engine, prompts) -> int:
     cfg = engine.config
     if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence | np.ndarray):
         raise InputError(
-            f"generate: prompts={show(prompts)} (expected a list of token-id lists); encode text "
-            "with tokenizer.encode first"
+            f"generate: prompts={show(prompts)} (expected a list of prompts: token ids, strings "
+            "or chat messages); wrap a single prompt in a list"
         )
     for i, p in enumerate(prompts):
         if isinstance(p, (str, bytes)) or not isinstance(p, Sequence | np.ndarray):

@@ -232,7 +232,7 @@ def test_bad_generate_arguments_are_named(qwen3, kwargs, match):
         ),
         ([[5], [-1, 3]], r"generate: prompts\[1\]\[0\]=-1 \(expected a token id 0..127"),
         ([[5.0]], r"generate: prompts\[0\]: token ids of dtype float64 \(expected integers\)"),
-        ("hello", r"generate: prompts='hello' \(expected a list of token-id lists\); encode"),
+        ("hello", r"generate: prompts='hello' \(expected a list of prompts: token ids, strings"),
     ],
 )
 def test_out_of_vocabulary_prompt_ids_are_refused(qwen3, prompts, match):
