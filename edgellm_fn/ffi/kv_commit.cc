@@ -1,7 +1,8 @@
 // CPU XLA FFI handler of the speculative-decoding KV commit: the accepted path's
 // entries of every layer move into contiguous slots, in one call, in place.
-// The nanobind module `_kv_commit` hands the handler to jax.ffi; kv_commit.py
-// holds the wrapper and the pure-JAX twin `commit_kv_ref`.
+// The nanobind module `_kv_commit` hands the handlers to jax.ffi (the CUDA one,
+// kv_commit.cu, when built); kv_commit.py holds the wrapper and the pure-JAX twin
+// `commit_kv_ref`.
 //
 // For each row b and k < n[b] (k < A), in every cache [B, H, C, D]:
 //   cache[b, :, start[b] + k] = cache[b, :, min(start[b] + path[b, k], C - 1)]
@@ -99,12 +100,21 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CommitKvCpu, CommitKvDispatch,
                                   .RemainingArgs()        // caches
                                   .RemainingRets());      // caches (aliased)
 
+#ifdef EDGELLM_WITH_CUDA
+XLA_FFI_DECLARE_HANDLER_SYMBOL(CommitKvCuda);  // kv_commit.cu
+#endif
+
 NB_MODULE(_kv_commit, m) {
   m.def("registrations", []() {
     nb::dict cpu;
     cpu["edgellm_commit_kv"] = edgellm::EncapsulateFfiHandler(CommitKvCpu);
     nb::dict platforms;
     platforms["cpu"] = cpu;
+#ifdef EDGELLM_WITH_CUDA
+    nb::dict cuda;
+    cuda["edgellm_commit_kv"] = edgellm::EncapsulateFfiHandler(CommitKvCuda);
+    platforms["CUDA"] = cuda;
+#endif
     return platforms;
-  }, "Handler capsules by platform: {'cpu': {target: capsule}} (no CUDA handler yet).");
+  }, "Handler capsules by platform: {'cpu': {target: capsule}, 'CUDA': ... when built}.");
 }

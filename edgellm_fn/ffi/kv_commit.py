@@ -8,9 +8,9 @@ and v arrays of every layer in ONE call, in place (each cache is aliased to its 
     before:  [ r    a    b    b.x  c  ]
     after:   [ r    b    b.x  b.x  c  ]          slots past start + n are left as they were
 
-`commit_kv_ref` (pure JAX, `runtime/spec_tree.py`) is the reference and the path on other
-platforms; `commit_kv` takes the handler when the default backend is the CPU.
-No CUDA handler yet: on a GPU the reference runs (one XLA gather/scatter program).
+`commit_kv_ref` (pure JAX, `runtime/spec_tree.py`) is the reference; `commit_kv` takes the
+handler on the CPU, and on a GPU when the package was built with its CUDA handlers
+(`kv_commit.cu`, one launch for every cache; `ffi.cuda_available()`), else the reference.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def _check(caches: Sequence[jax.Array], start, path, n) -> tuple[jax.Array, ...]
 def commit_kv_ffi(
     caches: Sequence[jax.Array], start: jax.Array, path: jax.Array, n: jax.Array
 ) -> tuple[jax.Array, ...]:
-    """The CPU handler (same arguments and result as ``commit_kv_ref``)."""
+    """The FFI handler of the default backend (same arguments and result as
+    ``commit_kv_ref``)."""
     caches = _check(caches, start, path, n)
     call = jax.ffi.ffi_call(
         "edgellm_commit_kv",
@@ -77,5 +78,13 @@ def commit_kv(
     caches = _check(caches, start, path, n)
     # Chosen at trace time as the xla provider chooses its path (a lax.platform_dependent
     # conditional would make XLA copy the donated caches).
-    fn = commit_kv_ffi if jax.default_backend() == "cpu" else commit_kv_ref
+    from edgellm_fn.ffi import cuda_available  # lazily: edgellm_fn.ffi imports this module
+
+    backend = jax.default_backend()
+    handler = backend == "cpu" or (backend == "gpu" and cuda_available())
+    fn = commit_kv_ffi if handler and path.shape[1] <= MAX_ACCEPT_CUDA else commit_kv_ref
     return fn(caches, start, path, n)
+
+
+#: Longest accepted path (``path.shape[1]``) the CUDA handler holds per row (kv_commit.cu).
+MAX_ACCEPT_CUDA = 64
