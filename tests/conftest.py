@@ -11,16 +11,30 @@ import pytest
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 
+#: Memory mappings of this process past which a module's end drops the compiled executables.
+MAX_MAPPINGS = 30_000
+
+
+def _mappings() -> int:
+    try:
+        with open("/proc/self/maps") as fh:
+            return sum(1 for _ in fh)
+    except OSError:
+        return 0
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_executables():
-    """Drop each module's compiled executables when it ends.
+    """Drop the compiled executables at a module's end once the process holds many mappings.
 
-    Every XLA CPU executable holds several memory mappings; the whole suite in one process
-    kept them all and crossed the kernel's ``vm.max_map_count`` (65,530), where LLVM aborts.
+    Every XLA CPU executable holds several memory mappings; the whole suite in one process kept
+    them all and crossed the kernel's ``vm.max_map_count`` (65,530), where LLVM aborts. Below
+    ``MAX_MAPPINGS`` the executables stay, so later modules reuse them.
     """
     yield
-    jax.clear_caches()
-    gc.collect()
+    if _mappings() > MAX_MAPPINGS:
+        jax.clear_caches()
+        gc.collect()
 
 
 # Small but complete configs of every supported family; each exercises a different feature.
