@@ -8,6 +8,7 @@ requests/s, output tokens/s, time to first token and inter-token latency (p50/p9
     python benchmarks/serve_load.py                      # the demo model, 4 clients, both
     python benchmarks/serve_load.py --model DIR --clients 8 --requests 4 --max-tokens 64 \
         --peers transformers --output benchmarks/results/serve-load.json
+    python benchmarks/serve_load.py --preset llama-3.2-1b --clients 8   # GPU: random weights
 
 Every request is greedy (temperature 0) with the same prompts for both systems. The peer's
 tokens/s counts the completion tokens it reports in ``usage`` (or its chunks when it reports
@@ -25,7 +26,9 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -133,6 +136,12 @@ async def load(url: str, model: str, clients: int, requests: int, max_tokens: in
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="checkpoint directory (default: the demo)")
+    ap.add_argument(
+        "--preset",
+        default=None,
+        help="instead of --model: a bench preset with random weights and a character "
+        "tokenizer, written to a temporary directory (e.g. llama-3.2-1b on the GPU)",
+    )
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--requests", type=int, default=3, help="requests per client")
     ap.add_argument("--max-tokens", type=int, default=32)
@@ -141,10 +150,20 @@ def main() -> int:
     ap.add_argument("--startup-timeout", type=float, default=300)
     ap.add_argument("--output", default=None, help="write the rows as JSON")
     args = ap.parse_args()
-    if args.model is None:
-        from edgellm_fn.demo import demo_model_dir
+    with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:
+        if args.preset is not None:
+            from edgellm_fn.testing.checkpoints import write_preset_checkpoint
 
-        args.model = str(demo_model_dir())
+            args.model = str(write_preset_checkpoint(args.preset, Path(tmp) / args.preset))
+        elif args.model is None:
+            from edgellm_fn.demo import demo_model_dir
+
+            args.model = str(demo_model_dir())
+        return run(args)
+
+
+def run(args) -> int:
+    """Both systems under the same load; prints the table last."""
     rows = []
     systems = [
         (

@@ -8,6 +8,9 @@ import jax
 import numpy as np
 import pytest
 
+from edgellm_fn.testing.checkpoints import CHAT_TEMPLATE as CHAT_TEMPLATE
+from edgellm_fn.testing.checkpoints import write_char_tokenizer as write_char_tokenizer
+
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 
@@ -157,42 +160,6 @@ def make_hf_model(family: str, seed: int = 0, **overrides):
                 ):
                     proj.bias.normal_(0.0, 0.2)
     return model
-
-
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}[assistant]{% endif %}"
-)
-
-
-def write_char_tokenizer(path, vocab_size: int = 128) -> None:
-    """A character-level tokenizer of exactly ``vocab_size`` ids for the tiny test models.
-
-    Ids: 0 ``<pad>``, 1 ``<s>``, 2 ``</s>``, then newline and printable ASCII, then fillers.
-    """
-    import json
-
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-
-    chars = ["\n"] + [chr(c) for c in range(32, 127)]
-    names = ["<pad>", "<s>", "</s>", *chars]
-    names += [f"<x{i}>" for i in range(vocab_size - len(names))]
-    tok = Tokenizer(models.WordLevel({n: i for i, n in enumerate(names)}, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    tok.add_special_tokens(["<pad>", "<s>", "</s>"])
-    tok.save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "tokenizer_class": "PreTrainedTokenizerFast",
-                "bos_token": "<s>",
-                "eos_token": "</s>",
-                "pad_token": "<pad>",
-                "chat_template": CHAT_TEMPLATE,
-            }
-        )
-    )
 
 
 @pytest.fixture(scope="session")
