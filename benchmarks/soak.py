@@ -2,6 +2,7 @@
 
     python benchmarks/soak.py --duration 180                  # CPU, the embedded demo model
     python benchmarks/soak.py --requests 2000 --output benchmarks/results/soak_cpu.json
+    python benchmarks/soak.py --preset llama-3.2-1b --duration 300 --kv-capacity 512   # GPU
 
 Valid requests vary everything a caller can: the number of prompts (so the batch count), the
 batch size, prompt lengths (so the prefill bucket), max_new_tokens (so the step bucket; some rows
@@ -31,6 +32,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -221,6 +223,11 @@ def warm_up(soak: Soak, max_new: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="checkpoint directory (default: the embedded demo model)")
+    p.add_argument(
+        "--preset",
+        help="instead of --model: a bench preset with random weights (e.g. llama-3.2-1b on the "
+        "GPU), written to a temporary directory",
+    )
     p.add_argument("--duration", type=float, default=180.0, help="seconds of steady state")
     p.add_argument("--requests", type=int, help="stop after this many requests instead")
     p.add_argument("--hostile-every", type=int, default=4, help="one hostile request in N")
@@ -233,7 +240,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", help="JSON report path")
     p.add_argument("--log-compiles", action="store_true", help="log compilations after warm-up")
     args = p.parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])
 
+    with tempfile.TemporaryDirectory(prefix="soak_") as tmp:
+        if args.preset:
+            from edgellm_fn.testing.checkpoints import write_preset_checkpoint
+
+            args.model = str(write_preset_checkpoint(args.preset, Path(tmp) / args.preset))
+        return run(args)
+
+
+def run(args) -> int:
+    """The soak itself (see the module docstring)."""
     jax.monitoring.register_event_duration_secs_listener(_on_event)
     path = Path(args.model) if args.model else demo_model_dir()
     engine = ef.load_engine(
@@ -292,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"device {jax.devices()[0].device_kind}",
         "date": datetime.date.today().isoformat(),
-        "command": "python benchmarks/soak.py " + " ".join(argv or sys.argv[1:]),
+        "command": "python benchmarks/soak.py " + " ".join(args.argv),
         "model": path.name,
         "limits": dict(
             max_batch=args.max_batch, max_input_len=args.max_input_len, kv_capacity=args.kv_capacity
