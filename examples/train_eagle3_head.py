@@ -64,6 +64,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--eval-windows", type=int, default=32)
+    p.add_argument(
+        "--greedy-sequences",
+        type=int,
+        default=512,
+        help="sequences the base generates greedily (from corpus prompts) to train on too",
+    )
+    p.add_argument("--greedy-prompt", type=int, default=32, help="their prompt length")
+    p.add_argument("--greedy-frac", type=float, default=0.5, help="share of each batch")
     p.add_argument("--measure-tokens", type=int, default=96, help="new tokens per prompt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stdlib", type=Path, default=None, help="default: the running Python's")
@@ -162,8 +170,11 @@ def main(argv: list[str] | None = None) -> None:
     def draft_unroll(dp: dict, feats: jax.Array, tokens: jax.Array) -> list[jax.Array]:
         """Logits ``[B, T, Vd]`` of each unrolled step (row ``p``: the chain from entry ``p``)."""
         b, t = tokens.shape
-        eps, hq, hkv, d = dcfg.rms_norm_eps, dcfg.num_attention_heads, dcfg.num_key_value_heads, (
-            dcfg.head_dim
+        eps, hq, hkv, d = (
+            dcfg.rms_norm_eps,
+            dcfg.num_attention_heads,
+            dcfg.num_key_value_heads,
+            (dcfg.head_dim),
         )
         g = hq // hkv
         causal = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]  # [query, key]
@@ -250,17 +261,33 @@ def main(argv: list[str] | None = None) -> None:
         return optax.apply_updates(dp, updates), opt_state, loss, accs
 
     eval_fn = jax.jit(loss_fn)
+    greedy = np.zeros((0, t_len), np.int32)
+    if args.greedy_sequences:
+        g0 = time.perf_counter()
+        greedy = greedy_sequences(
+            args.base, train_tokens, args.greedy_sequences, args.greedy_prompt, t_len, args.seed
+        )
+        log(
+            f"greedy data: {len(greedy)} of {args.greedy_sequences} sequences of {t_len} tokens "
+            f"(prompt {args.greedy_prompt} corpus tokens, the rest the base's greedy output; "
+            f"rows that hit EOS dropped) in {time.perf_counter() - g0:.0f} s"
+        )
+    n_greedy = int(round(args.batch * args.greedy_frac)) if len(greedy) else 0
     held_windows = jnp.asarray(tdm.eval_windows(held_tokens, args.eval_windows, t_len))
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
     for step in range(1, args.steps + 1):
-        starts = rng.integers(0, len(train_tokens) - t_len, args.batch)
-        batch = np.stack([train_tokens[s : s + t_len] for s in starts]).astype(np.int32)
+        starts = rng.integers(0, len(train_tokens) - t_len, args.batch - n_greedy)
+        rows = [train_tokens[s : s + t_len] for s in starts]
+        rows += list(greedy[rng.integers(0, len(greedy), n_greedy)]) if n_greedy else []
+        batch = np.stack(rows).astype(np.int32)
         dp, opt_state, loss, accs = train_step(dp, opt_state, jnp.asarray(batch))
         if step % 25 == 0 or step == 1 or step == args.steps:
             acc = " ".join(f"{a:.3f}" for a in np.asarray(accs))
-            log(f"step {step}: loss {float(loss):.4f} top-1 match per TTT step {acc} "
-                f"({time.perf_counter() - t0:.0f} s)")
+            log(
+                f"step {step}: loss {float(loss):.4f} top-1 match per TTT step {acc} "
+                f"({time.perf_counter() - t0:.0f} s)"
+            )
     train_s = time.perf_counter() - t0
     eval_loss, eval_accs = eval_fn(dp, held_windows)
     eval_accs = [round(float(a), 4) for a in np.asarray(eval_accs)]
@@ -302,6 +329,9 @@ def main(argv: list[str] | None = None) -> None:
         "seq_len": t_len,
         "ttt_steps": n_steps,
         "lr": args.lr,
+        "greedy_sequences": len(greedy),
+        "greedy_frac": args.greedy_frac if n_greedy else 0.0,
+        "measure_tokens": args.measure_tokens,
         "params": n_params,
         "safetensors_bytes": size,
         "train_s": round(train_s, 1),
@@ -314,6 +344,93 @@ def main(argv: list[str] | None = None) -> None:
     }
     (args.out / "train_report.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "train_log.txt").write_text("\n".join(log_lines) + "\n")
+    (args.out / "MODEL_CARD.md").write_text(model_card(report, dcfg_dict))
+
+
+def model_card(r: dict[str, Any], cfg: dict[str, Any]) -> str:
+    """The head's MODEL_CARD.md from the run's report."""
+    rows = "\n".join(
+        f"| {name} | {a['tree_topk']} | {a['tree_steps']} | {a['verify_size']} | {a['rounds']} "
+        f"| {a['accepted_per_round']:.2f} | {'yes' if a['equals_vanilla_greedy'] else 'NO'} |"
+        for name, a in r["acceptance"].items()
+    )
+    match = ", ".join(f"{m:.3f}" for m in r["heldout_top1_match"])
+    aux = cfg["eagle_config"]["eagle_aux_hidden_state_layer_ids"]
+    return f"""# EAGLE3 draft head of the edgellm_fn demo model
+
+An EAGLE3 speculative-decoding draft head for `../demo_model` (the 4-layer byte-level Python
+completion model), trained by `examples/train_eagle3_head.py`. It only fits that base model.
+
+## Architecture
+
+`LlamaForCausalLMEagle3` community layout (`config.json`, `model.safetensors`): `fc` 3x192 -> 192
+over the base's hidden states entering layers {aux} (`eagle_aux_hidden_state_layer_ids`; 4 = the
+last layer's output), one decoder layer over [embedding; hidden] (384 inputs to q/k/v, 4 query /
+2 KV heads of 48, SwiGLU {cfg["intermediate_size"]}), `norm`, `lm_head` over the full 264-token
+vocabulary (`d2t` all zeros, `t2d` all true); no `embed_tokens` (the base's embedding is
+shared). {r["params"]:,} parameters, bfloat16, `model.safetensors` {r["safetensors_bytes"]:,} bytes.
+
+## Training
+
+Self-distillation: the target of every draft prediction is the base model's own next-token
+distribution (soft cross-entropy, the base run in float32 on the demo model's shipped weights).
+Each batch: {1 - r["greedy_frac"]:.0%} uniformly random 128-token windows of the demo model's
+training files (the Python 3.11.7 stdlib, every 20th file held out, as
+`examples/train_demo_model.py`), {r["greedy_frac"]:.0%} rows of {r["greedy_sequences"]}
+sequences the base generated greedily (32-token prompts from the training files, 96 greedy
+tokens: the kind of text the head drafts for at inference). Training-time test as in
+the EAGLE3 paper: the draft is unrolled {r["ttt_steps"]} steps, each step feeding its own output
+hidden state and attending to the real draft entries up to its origin plus its own chain (the
+attention the runtime's tree steps see); step losses are weighted 0.8^(s-1).
+AdamW (b1 0.9, b2 0.95, weight decay 0.01), peak learning rate {r["lr"]}, warmup then cosine
+decay to 10%, clipping at norm 1, batch {r["batch"]} x {r["seq_len"]} tokens, {r["steps"]} steps
+({r["train_s"]:.0f} s of training, {r["wall_s"]:.0f} s wall with data, evaluation and the
+acceptance runs) on {r["machine"]}.
+
+Command (run from the repository root):
+
+```
+{r["command"]}
+```
+
+Held-out (32 windows of the held-out files): draft argmax == base argmax for unrolled step
+1, 2, 3...: {match}.
+
+## Acceptance (measured with the runtime)
+
+`spec_decode_generate` (the jitted `lax.while_loop` over rounds, xla provider, bfloat16 as
+shipped) on the demo's 4 prompts and the starts of 4 held-out windows, {r["measure_tokens"]} new
+tokens each,
+batch 4, KV capacity 128, greedy. Accepted = mean tokens accepted per base verify step
+(the bonus token included); the output equals vanilla greedy decoding in every row.
+
+| tree | K | steps | verify size | rounds | accepted per base step | equals vanilla greedy |
+|---|---|---|---|---|---|---|
+{rows}
+
+The default tree is the CLI's (`edgellm-fn generate --draft DIR`: K 4, 4 steps, verify 16).
+The full log of the run is `train_log.txt`, its figures `train_report.json`.
+"""
+
+
+def greedy_sequences(
+    base_dir: Path, tokens: np.ndarray, n: int, prompt_len: int, t_len: int, seed: int
+) -> np.ndarray:
+    """``[<= n, t_len]`` int32: corpus prompts continued by the base's greedy decoding (the
+    runtime's, bfloat16 as shipped), so training also sees the text the head will draft for."""
+    from edgellm_fn.engine.loading import load_engine
+    from edgellm_fn.runtime.generate import generate
+    from edgellm_fn.text.tokenizer import Tokenizer
+
+    engine = load_engine(base_dir, max_batch_size=32, max_input_len=prompt_len, kv_capacity=t_len)
+    tok = Tokenizer.from_dir(base_dir, vocab_size=engine.config.model.vocab_size)
+    rng = np.random.default_rng(seed + 1)
+    starts = rng.integers(0, len(tokens) - prompt_len, n)
+    prompts = [tokens[s : s + prompt_len].astype(np.int64).tolist() for s in starts]
+    new = t_len - prompt_len
+    out = generate(engine, tok, prompts, max_new_tokens=new, top_k=1, loop="while")
+    rows = [p + c.tokens for p, c in zip(prompts, out, strict=True) if len(c.tokens) == new]
+    return np.asarray(rows, np.int32).reshape(-1, t_len)
 
 
 def measure_prompts(held_tokens: np.ndarray, n_held: int = 4, length: int = 48) -> list[str]:
@@ -362,8 +479,10 @@ def measure_acceptance(
             "accepted_per_round": round(stats.accepted_per_round, 3),
             "equals_vanilla_greedy": same,
         }
-        log(f"acceptance {name} (K={k}, steps={steps}, V={v}): {stats.accepted_per_round:.3f} "
-            f"tokens per base step over {stats.rounds} rounds; equals vanilla greedy: {same}")
+        log(
+            f"acceptance {name} (K={k}, steps={steps}, V={v}): {stats.accepted_per_round:.3f} "
+            f"tokens per base step over {stats.rounds} rounds; equals vanilla greedy: {same}"
+        )
     return out
 
 
