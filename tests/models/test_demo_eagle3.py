@@ -44,12 +44,14 @@ def test_head_is_small_and_fits_the_demo_model(head):
 
 def test_speculative_equals_greedy_and_accepts(head):
     base_dir = demo_model_dir()
-    engine = load_engine(base_dir, **LIMITS)
+    # float32: in bfloat16 the tree-verify step and vanilla decoding may break a near-tie of
+    # the base's top two logits differently (MODEL_CARD.md); float32 must match exactly.
+    engine = load_engine(base_dir, dtype="float32", **LIMITS)
     tok = Tokenizer.from_dir(base_dir, vocab_size=engine.config.model.vocab_size)
     prompts = [tok.encode(p) for p in PROMPTS + MORE_PROMPTS]
     vanilla = generate(engine, tok, prompts, max_new_tokens=NEW_TOKENS, top_k=1, loop="while")
     base, draft = load_spec_engines(
-        base_dir, head, tree_topk=4, tree_steps=4, verify_size=16, **LIMITS
+        base_dir, head, tree_topk=4, tree_steps=4, verify_size=16, dtype="float32", **LIMITS
     )
     out, stats = spec_decode_generate(
         base, draft, tok, prompts, max_new_tokens=NEW_TOKENS, loop="while"
@@ -64,6 +66,9 @@ def test_model_card_reports_the_measured_acceptance(head):
     report = json.loads((head / "train_report.json").read_text())
     assert report["command"] in card
     for row in report["acceptance"].values():
-        assert row["equals_vanilla_greedy"]
-        assert f"{row['accepted_per_round']:.2f}" in card
-    assert report["acceptance"]["default"]["accepted_per_round"] >= MIN_ACCEPTED
+        for dtype in ("float32", "bfloat16"):
+            assert f"{row[dtype]['accepted_per_round']:.2f}" in card
+        same, rows = row["float32"]["rows_equal_vanilla"].split("/")
+        assert same == rows
+    for dtype in ("float32", "bfloat16"):
+        assert report["acceptance"]["default"][dtype]["accepted_per_round"] >= MIN_ACCEPTED
