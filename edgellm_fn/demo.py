@@ -113,10 +113,7 @@ def _speculative(console: Console, base_dir: Path, head: Path, tokenizer, prompt
     n = sum(len(c.tokens) for c in out)
     g_out, g_n, g_dt = greedy
     same = all(a.tokens == b.tokens for a, b in zip(out, g_out, strict=True))
-    console.rule(
-        f"speculative greedy, EAGLE3 head {head.name} (tree K={k} x {steps} levels, verify {v}),"
-        " one jitted while_loop"
-    )
+    console.rule(f"speculative greedy, EAGLE3 head, tree {k}x{steps}x{v}, one jitted while_loop")
     table = Table()
     for col in ("", "tokens", "seconds", "tokens/s", "base steps", "tokens per base step"):
         table.add_column(col, justify="left" if not col else "right")

@@ -412,10 +412,11 @@ token.
 
 In float32 every row equals vanilla greedy. In bfloat16 a row can differ where the base's
 top two logits are within bfloat16 rounding of each other: the tree-verify step (reference
-layers, tree mask) and vanilla decoding round differently and break the near-tie differently
-(found in a trial run: a gap of 0.005 between two tokens' logits at the row's 61st token, where
-float32 picked the token the speculative run gave). That is a numerics property of bfloat16, not
-of this head.
+layers, tree mask) and vanilla decoding round differently and can break such a near-tie the
+other way. Checked for the default tree: the one differing row (the 8th prompt) first differs
+at its 61st generated token, where the base's two best logits are 0.005 apart in bfloat16
+(`llama.forward` on the same prefix) and in the opposite order in float32; the speculative run
+gave float32's token. That is a numerics property of bfloat16 decoding, not of this head.
 
 The default tree is the CLI's (`edgellm-fn generate --draft DIR`: K 4, 4 steps, verify 16).
 The full log of the run is `train_log.txt`, its figures `train_report.json`.
