@@ -47,7 +47,8 @@ def demo_eagle3_dir() -> Path | None:
 
 
 def run_demo(model: str | None = None, max_new_tokens: int = 64) -> int:
-    """Loads the demo model, shows fixed buffer addresses, and completes a few prompts."""
+    """Loads the demo model, shows fixed buffer addresses, and completes a few prompts (then,
+    with the shipped EAGLE3 head, greedy speculative decoding next to vanilla greedy)."""
     console = Console(highlight=False)
     path = Path(model) if model else demo_model_dir()
     with console.status(f"loading {path.name} and compiling steps..."):
@@ -88,7 +89,15 @@ def run_demo(model: str | None = None, max_new_tokens: int = 64) -> int:
     return 0
 
 
-def _speculative(console: Console, base_dir: Path, head: Path, tokenizer, prompts, greedy, n_new):
+def _speculative(
+    console: Console,
+    base_dir: Path,
+    head: Path,
+    tokenizer: Tokenizer,
+    prompts: list[list[int]],
+    greedy: tuple[list, int, float],
+    n_new: int,
+) -> None:
     """Greedy with the shipped EAGLE3 head next to vanilla greedy: speed, steps, same tokens."""
     from .engine.xla_spec import load_spec_engines
     from .runtime.spec_generate import spec_decode_generate
@@ -130,8 +139,9 @@ def _speculative(console: Console, base_dir: Path, head: Path, tokenizer, prompt
         f"{stats.accepted_per_round:.2f}",
     )
     console.print(table)
+    verdict = "yes" if same else "NO (a bfloat16 near-tie? see the head's MODEL_CARD.md)"
     console.print(
-        f"same tokens as vanilla greedy: {'yes' if same else 'NO'}; base steps are summed over "
+        f"same tokens as vanilla greedy: {verdict}; base steps are summed over "
         "rows (the prefill's first token excluded). On a CPU a speculative round costs several "
         "vanilla steps, so tokens/s measures overhead; tokens per base step is the head's quality."
     )
