@@ -329,6 +329,8 @@ def main(argv: list[str] | None = None) -> None:
         "seq_len": t_len,
         "ttt_steps": n_steps,
         "lr": args.lr,
+        "warmup": args.warmup,
+        "weight_decay": args.weight_decay,
         "greedy_sequences": len(greedy),
         "greedy_frac": args.greedy_frac if n_greedy else 0.0,
         "measure_tokens": args.measure_tokens,
@@ -383,8 +385,9 @@ tokens: the kind of text the head drafts for at inference). Training-time test a
 the EAGLE3 paper: the draft is unrolled {r["ttt_steps"]} steps, each step feeding its own output
 hidden state and attending to the real draft entries up to its origin plus its own chain (the
 attention the runtime's tree steps see); step losses are weighted 0.8^(s-1).
-AdamW (b1 0.9, b2 0.95, weight decay 0.01), peak learning rate {r["lr"]}, warmup then cosine
-decay to 10%, clipping at norm 1, batch {r["batch"]} x {r["seq_len"]} tokens, {r["steps"]} steps
+AdamW (b1 0.9, b2 0.95, weight decay {r["weight_decay"]}), peak learning rate {r["lr"]}, linear
+warmup {r["warmup"]} steps then cosine decay to 10%, clipping at norm 1, batch {r["batch"]} x
+{r["seq_len"]} tokens, {r["steps"]} steps
 ({r["train_s"]:.0f} s of training, {r["wall_s"]:.0f} s wall with data, evaluation and the
 acceptance runs) on {r["machine"]}.
 
