@@ -3,12 +3,14 @@
     python benchmarks/spec_decode.py                         # CPU, the embedded demo model
     python benchmarks/spec_decode.py --batch 4 --new 96 --trees 1x6x7 4x4x16
 
-Drafts: ``random`` (an untrained EAGLE3 head in the community layout: acceptance ~1, so it
-measures the overhead of a round) and ``oracle`` (the base itself behind the draft contract:
-the base's own greedy tokens are always in the tree, so it measures the best acceptance a tree
-shape allows; its proposal steps cost a full base forward, so it is no speed target). Both run
-the reference path (``engine/xla_spec.py``); vanilla runs the same reference layers
-(``kernels="off"``). Tokens must be equal; the script exits 1 when they are not.
+Drafts: ``trained`` (``--draft DIR``; with the demo model by default its shipped head,
+``edgellm_fn/assets/demo_eagle3``), ``random`` (an untrained EAGLE3 head in the community
+layout: acceptance ~1, so it measures the overhead of a round) and ``oracle`` (the base itself
+behind the draft contract: the base's own greedy tokens are always in the tree, so it measures
+the best acceptance a tree shape allows; its proposal steps cost a full base forward, so it is
+no speed target). All run the reference path (``engine/xla_spec.py``); vanilla runs the same
+reference layers (``kernels="off"``). Tokens must be equal; the script exits 1 when they are
+not.
 Times: the median of ``--iters`` whole generations (one jitted while loop each) after a warm-up.
 Writes JSON to ``benchmarks/results/spec_decode_<platform>_b<batch>.json``.
 """
@@ -35,6 +37,7 @@ from edgellm_fn.runtime import spec_decode as sd
 from edgellm_fn.testing.oracle_draft import OracleDraftEngine, oracle_dims
 
 DEMO = pathlib.Path(ef.__file__).parent / "assets" / "demo_model"
+DEMO_HEAD = DEMO.parent / "demo_eagle3"
 PROMPTS = ["The cat sat on the", "Once upon a time", "A B C D E F", "def main():"]
 
 
@@ -51,6 +54,9 @@ def _median(fn, iters: int) -> tuple[float, object]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(DEMO))
+    ap.add_argument(
+        "--draft", default=None, help="trained EAGLE3 head (default: the demo's, with the demo)"
+    )
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--new", type=int, default=64, help="max new tokens per row")
     ap.add_argument("--trees", nargs="+", default=["1x4x5", "4x3x16"], help="KxSTEPSxV")
@@ -58,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--platform", default=jax.default_backend())
     args = ap.parse_args(argv)
+    trained = args.draft
+    if (
+        trained is None
+        and pathlib.Path(args.model) == DEMO
+        and (DEMO_HEAD / "config.json").is_file()
+    ):
+        trained = str(DEMO_HEAD)
 
     model, params = ef.load_checkpoint(args.model, dtype=args.dtype)
     limits = dict(max_batch_size=args.batch, max_input_len=32, kv_capacity=128)
@@ -110,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
                     args.model, draft_dir, dtype=args.dtype, **shape, **limits
                 )
             }
+            if trained:
+                pairs["trained"] = load_spec_engines(
+                    args.model, trained, dtype=args.dtype, **shape, **limits
+                )
             bundle = SpecDecodeConfig(
                 base=cfg, draft=oracle_dims(model, (0, 1, 2)), max_verify_tree_size=v, **shape
             )
@@ -157,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 "batch": args.batch,
                 "new": args.new,
                 "dtype": args.dtype,
+                "trained_draft": trained,
                 "device": str(jax.devices()[0]),
                 "rows": rows,
             },

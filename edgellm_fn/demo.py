@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jax
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 from .engine.loading import load_engine
@@ -39,8 +40,15 @@ def demo_model_dir() -> Path:
     return path
 
 
+def demo_eagle3_dir() -> Path | None:
+    """The shipped EAGLE3 draft head of the demo model, or None when it was not installed."""
+    path = Path(__file__).resolve().parent / "assets" / "demo_eagle3"
+    return path if (path / "config.json").is_file() else None
+
+
 def run_demo(model: str | None = None, max_new_tokens: int = 64) -> int:
-    """Loads the demo model, shows fixed buffer addresses, and completes a few prompts."""
+    """Loads the demo model, shows fixed buffer addresses, and completes a few prompts (then,
+    with the shipped EAGLE3 head, greedy speculative decoding next to vanilla greedy)."""
     console = Console(highlight=False)
     path = Path(model) if model else demo_model_dir()
     with console.status(f"loading {path.name} and compiling steps..."):
@@ -56,6 +64,7 @@ def run_demo(model: str | None = None, max_new_tokens: int = 64) -> int:
         soft_wrap=True,
     )
     _show_addresses(console, engine, prompts)
+    greedy = None
     for title, loop, kwargs in (
         ("greedy", "while", dict(top_k=1)),
         ("sampled T=0.8 k=40 p=0.95", "python", dict(temperature=0.8, top_k=40, top_p=0.95)),
@@ -69,10 +78,73 @@ def run_demo(model: str | None = None, max_new_tokens: int = 64) -> int:
         n = sum(len(c.tokens) for c in out)
         loop_name = "one jitted while_loop" if loop == "while" else "python loop"
         console.rule(f"{title}, {loop_name}: {n} tokens in {dt:.2f} s = {n / dt:.0f} tokens/s")
+        if greedy is None:
+            greedy = (out, n, dt)
         for prompt, c in zip(PROMPTS, out, strict=True):
             console.print(Text(prompt, style="cyan") + Text(c.text), soft_wrap=True)
             console.print(f"[dim]-- {len(c.tokens)} tokens, finish: {c.finish_reason}[/dim]\n")
+    head = demo_eagle3_dir() if model is None else None
+    if head is not None:
+        _speculative(console, path, head, tokenizer, prompts, greedy, max_new_tokens)
     return 0
+
+
+def _speculative(
+    console: Console,
+    base_dir: Path,
+    head: Path,
+    tokenizer: Tokenizer,
+    prompts: list[list[int]],
+    greedy: tuple[list, int, float],
+    n_new: int,
+) -> None:
+    """Greedy with the shipped EAGLE3 head next to vanilla greedy: speed, steps, same tokens."""
+    from .engine.xla_spec import load_spec_engines
+    from .runtime.spec_generate import spec_decode_generate
+
+    k, steps, v = 4, 4, 16
+    with console.status("loading the EAGLE3 head and compiling the speculative loop..."):
+        base, draft = load_spec_engines(
+            base_dir,
+            head,
+            tree_topk=k,
+            tree_steps=steps,
+            verify_size=v,
+            max_batch_size=len(prompts),
+            max_input_len=64,
+            kv_capacity=128,
+        )
+        args = dict(max_new_tokens=n_new, loop="while")
+        spec_decode_generate(base, draft, tokenizer, prompts, **args)  # first call compiles
+    t0 = time.perf_counter()
+    out, stats = spec_decode_generate(base, draft, tokenizer, prompts, **args)
+    dt = time.perf_counter() - t0
+    n = sum(len(c.tokens) for c in out)
+    g_out, g_n, g_dt = greedy
+    same = all(a.tokens == b.tokens for a, b in zip(out, g_out, strict=True))
+    console.rule(f"speculative greedy, EAGLE3 head, tree {k}x{steps}x{v}, one jitted while_loop")
+    table = Table()
+    for col in ("", "tokens", "seconds", "tokens/s", "base steps", "tokens per base step"):
+        table.add_column(col, justify="left" if not col else "right")
+    g_steps = sum(max(len(c.tokens) - 1, 0) for c in g_out)  # first token: prefill
+    table.add_row(
+        "vanilla greedy", str(g_n), f"{g_dt:.2f}", f"{g_n / g_dt:.0f}", str(g_steps), "1.00"
+    )
+    table.add_row(
+        "speculative",
+        str(n),
+        f"{dt:.2f}",
+        f"{n / dt:.0f}",
+        str(stats.rounds),
+        f"{stats.accepted_per_round:.2f}",
+    )
+    console.print(table)
+    verdict = "yes" if same else "NO (a bfloat16 near-tie? see the head's MODEL_CARD.md)"
+    console.print(
+        f"same tokens as vanilla greedy: {verdict}; base steps are summed over "
+        "rows (the prefill's first token excluded). On a CPU a speculative round costs several "
+        "vanilla steps, so tokens/s measures overhead; tokens per base step is the head's quality."
+    )
 
 
 def _show_addresses(console: Console, engine, prompts: list[list[int]]) -> None:

@@ -152,3 +152,16 @@ def test_model_card_reports_the_run(ckpt):
     assert config["dtype"] == report["dtype"]
     size = sum(p.stat().st_size for p in ckpt.iterdir() if p.is_file())
     assert size <= 10 * 2**20
+
+
+def test_demo_shows_speculative_next_to_vanilla(capsys):
+    from edgellm_fn.demo import demo_eagle3_dir, run_demo
+
+    assert demo_eagle3_dir() is not None
+    assert run_demo(max_new_tokens=16) == 0
+    out = capsys.readouterr().out
+    assert "greedy, one jitted while_loop" in out and "sampled" in out  # the existing output
+    assert "speculative greedy, EAGLE3 head" in out
+    assert "same tokens as vanilla greedy: yes" in out
+    row = re.search(r"speculative\s.*?([\d.]+)\s*│?\s*$", out, re.M)
+    assert row and float(row.group(1)) > 1.0  # tokens per base step
