@@ -123,6 +123,26 @@ _QWEN3_1_7B = {
     "dtype": "bfloat16",
 }
 
+# Tensor-parallel shapes (issue #17): Llama 3.1 8B and 70B (GQA with 8 KV heads, untied).
+_LLAMA_3_1_8B = {
+    **_LLAMA_3_2_1B,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "rope_scaling": {**_LLAMA_3_2_1B["rope_scaling"], "factor": 8.0},
+    "tie_word_embeddings": False,
+}
+_LLAMA_3_1_70B = {
+    **_LLAMA_3_1_8B,
+    "hidden_size": 8192,
+    "intermediate_size": 28672,
+    "num_hidden_layers": 80,
+    "num_attention_heads": 64,
+}
+
 # CPU smoke preset: the Llama layout (llama3 rope, GQA, tied), small enough for a 2-core machine.
 _TINY = {
     **_LLAMA_3_2_1B,
@@ -145,6 +165,9 @@ PRESETS: dict[str, Preset] = {
         Preset(name="llama-3.2-1b", hf_config=_LLAMA_3_2_1B),
         Preset(name="qwen2.5-0.5b", hf_config=_QWEN2_5_0_5B),
         Preset(name="qwen3-1.7b", hf_config=_QWEN3_1_7B),
+        # random weights only (no peer): one GPU holds the 8B, the 70B needs --tensor-parallel
+        Preset(name="llama-3.1-8b", hf_config=_LLAMA_3_1_8B, batches=(1, 8), peers=""),
+        Preset(name="llama-3.1-70b", hf_config=_LLAMA_3_1_70B, batches=(1, 8), peers=""),
         Preset(
             name="tiny",
             hf_config=_TINY,

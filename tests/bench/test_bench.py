@@ -149,9 +149,11 @@ def test_preset_shapes_are_the_public_models():
         n: sum(math.prod(s) for s in jax.tree_util.tree_leaves(
             param_shapes(PRESETS[n].model), is_leaf=lambda x: isinstance(x, tuple)
         ))
-        for n in ("llama-3.2-1b", "qwen2.5-0.5b", "qwen3-1.7b")
+        for n in ("llama-3.2-1b", "qwen2.5-0.5b", "qwen3-1.7b", "llama-3.1-8b", "llama-3.1-70b")
     }  # fmt: skip
     assert 1.23e9 < counts["llama-3.2-1b"] < 1.24e9
+    assert 8.02e9 < counts["llama-3.1-8b"] < 8.04e9
+    assert 70.5e9 < counts["llama-3.1-70b"] < 70.6e9
     assert 0.49e9 < counts["qwen2.5-0.5b"] < 0.50e9
     assert 1.7e9 < counts["qwen3-1.7b"] < 1.73e9
 
