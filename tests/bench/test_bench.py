@@ -282,7 +282,8 @@ def test_bad_run_specs_name_the_flag_and_the_limit(kw, match):
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(
         InputError,
-        match=r"--preset='llama-9b' \(expected one of \['llama-3.2-1b', 'qwen2.5-0.5b', 'qwen3-1.7b', 'tiny'\]\)",
+        match=r"--preset='llama-9b' \(expected one of \['llama-3.1-70b', 'llama-3.1-8b', "
+        r"'llama-3.2-1b', 'qwen2.5-0.5b', 'qwen3-1.7b', 'tiny'\]\)",
     ):
         get_preset("llama-9b")
 
