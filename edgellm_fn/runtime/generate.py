@@ -140,13 +140,7 @@ def generate(
     """
     args = {k: v for k, v in locals().items() if k not in ("engine", "tokenizer", "on_text")}
     events = _run(engine, tokenizer, _plan(engine, tokenizer, **args))
-    while True:
-        try:
-            index, text = next(events)
-        except StopIteration as done:
-            return done.value
-        if on_text is not None:
-            on_text(index, text)
+    return loops.drive(events, None if on_text is None else (lambda event: on_text(*event)))
 
 
 def _plan(
@@ -270,16 +264,9 @@ def _run(engine, tokenizer, batches: list[dict]) -> Events:
     out: list[Completion] = []
     for b in batches:
         b = dict(b)
-        start, bank, names = b.pop("start"), b.pop("lora_bank"), b.pop("lora_names")
+        bank, names = b.pop("lora_bank"), b.pop("lora_names")
         b["lora"] = None if bank is None else bank.state(names)
-        events = _iter_batch(engine, tokenizer, **b)
-        while True:
-            try:
-                row, text = next(events)
-            except StopIteration as done:
-                out.extend(done.value)
-                break
-            yield start + row, text
+        out.extend((yield from _iter_batch(engine, tokenizer, **b)))
     return out
 
 
@@ -374,9 +361,11 @@ def _iter_batch(
     key,
     loop,
     sampling,
+    start=0,
     lora=None,
 ) -> Events:
-    """One batch: ``(row, text delta)`` events as tokens are decoded, then its completions."""
+    """One batch, its first prompt being prompt ``start``: ``(prompt index, text delta)``
+    events as tokens are decoded, then its completions."""
     b = len(prompts)
     cfg = engine.config
     config, params = make_sampling_params(
@@ -412,7 +401,7 @@ def _iter_batch(
         def stream(row: int, tok: int) -> None:
             delta = rows[row].push(tok)
             if delta:
-                pending.append((row, delta))
+                pending.append((start + row, delta))
                 streamed[row] += delta
 
         decoding = loops.iter_decode_python(
@@ -446,7 +435,8 @@ def _iter_batch(
         if hit is not None:
             text = text[: hit[0]]
         if text.startswith(streamed[r]) and len(text) > len(streamed[r]):
-            yield r, text[len(streamed[r]) :]  # the held-back tail, or the while loop's text
+            # the held-back tail, or the while loop's whole text
+            yield start + r, text[len(streamed[r]) :]
         reason = "stop" if hit is not None or (toks and toks[-1] in eos) else "length"
         out.append(
             Completion(

@@ -306,7 +306,7 @@ def decode_python(
     Raises:
       InputError: as ``decode_while``.
     """
-    steps_ = iter_decode_python(
+    steps = iter_decode_python(
         engine,
         state,
         config,
@@ -318,11 +318,18 @@ def decode_python(
         on_token=on_token,
         should_stop=should_stop,
     )
+    return drive(steps)
+
+
+def drive(steps: Generator, each: Callable | None = None):
+    """Runs a generator to its end, handing each item to ``each``; returns its return value."""
     while True:
         try:
-            next(steps_)
+            item = next(steps)
         except StopIteration as done:
             return done.value
+        if each is not None:
+            each(item)
 
 
 def iter_decode_python(

@@ -46,7 +46,7 @@ def write_char_tokenizer(path: str | Path, vocab_size: int = 128) -> None:
 def write_preset_checkpoint(preset: str, path: str | Path, dtype: str = "bfloat16") -> Path:
     """A Hugging Face checkpoint of bench preset ``preset`` with random weights
     (``bench.presets.random_params``) and a character tokenizer of its vocabulary, in ``path``
-    (created; an existing ``config.json`` there is refused rather than overwritten)."""
+    (created; a directory that already holds files is refused, nothing there is overwritten)."""
     import jax
 
     from ..bench.presets import get_preset, random_params
@@ -54,8 +54,11 @@ def write_preset_checkpoint(preset: str, path: str | Path, dtype: str = "bfloat1
     from ..models.loader import save_weights
 
     path = Path(path)
-    if (path / "config.json").exists():
-        raise InputError(f"write_preset_checkpoint: {path} already holds a checkpoint")
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise InputError(
+            f"write_preset_checkpoint: {path} already exists and is not an empty directory "
+            "(expected a new path: nothing there is overwritten)"
+        )
     spec = get_preset(preset)
     cfg = spec.model
     path.mkdir(parents=True, exist_ok=True)

@@ -26,5 +26,11 @@ def test_preset_checkpoint_loads_in_both_and_is_never_overwritten(tmp_path):
         want = hf(torch.tensor([ids])).logits[0, -1].numpy()
     got = np.asarray(state.io.logits)[0]
     assert np.abs(got - want).max() / np.abs(want).max() < 1e-4
-    with pytest.raises(InputError, match="already holds a checkpoint"):
+    with pytest.raises(InputError, match="already exists and is not an empty directory"):
         write_preset_checkpoint("tiny", tmp_path / "tiny")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "model.safetensors").write_bytes(b"the user's")
+    with pytest.raises(InputError, match="already exists and is not an empty directory"):
+        write_preset_checkpoint("tiny", mine)
+    assert (mine / "model.safetensors").read_bytes() == b"the user's"
