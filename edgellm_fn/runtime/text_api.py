@@ -33,6 +33,15 @@ def encode_messages(
     ``continue_final_message``, ``add_generation_prompt`` (default: on, unless the final message
     is continued), ``template_name``, or template variables (``enable_thinking``, ...).
     """
+    if chat_template_kwargs is not None and (
+        not isinstance(chat_template_kwargs, Mapping)
+        or not all(isinstance(k, str) for k in chat_template_kwargs)
+        or "messages" in chat_template_kwargs
+    ):
+        raise InputError(
+            f"chat_template_kwargs={show(chat_template_kwargs)} (expected a dict of option and "
+            "template-variable names, without 'messages')"
+        )
     if chat and tokenizer.chat_templates:
         kwargs = dict(chat_template_kwargs or {})
         kwargs.setdefault("add_generation_prompt", not kwargs.get("continue_final_message"))

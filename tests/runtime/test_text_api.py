@@ -82,5 +82,8 @@ def test_bad_stream_arguments_are_named_at_the_call(demo):
         stream(engine, tok, "hi", loop="while")
     with pytest.raises(InputError, match=r"top_k"):
         stream(engine, tok, "hi", top_k=-1)
+    for bad in ("x", {"messages": []}, {1: True}):
+        with pytest.raises(InputError, match=r"chat_template_kwargs=.*expected a dict"):
+            generate(engine, tok, [[{"role": "user", "content": "hi"}]], chat_template_kwargs=bad)
     with pytest.raises(InputError, match=r"stream: unknown argument 'max_tokens'"):
         stream(engine, tok, "hi", max_tokens=3)
