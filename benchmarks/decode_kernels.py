@@ -10,6 +10,11 @@ Sections (each independent; a failing one prints its error and the rest still ru
 - attention: 16 layers of decode attention at valid length 2048, capacity 4096 and 32768.
 - decode: the whole model (random bf16 weights), `decode_while` ms/token, kernels on vs off.
 - prefill: 2048-token prefill, kernels (cuDNN flash attention) vs the reference path.
+- flash: cuDNN flash attention alone (16 layers' calls in one jit), causal, B = 1 and 8, S = 2048,
+  with and without per-row sequence lengths: TFLOP/s of the causal half.
+- loop: the cost of one `decode_while` call at 32 and 256 tokens (state reused), with the last
+  call's result held or dropped: host dispatch and total time, to separate the per-call cost
+  from the per-token cost (run it under several XLA_FLAGS to compare command-buffer settings).
 """
 
 from __future__ import annotations
@@ -282,13 +287,106 @@ def prefill_section(cases) -> None:
             lengths = np.full((batch,), s)
             x = embed(engine, ids)
 
-            def run(engine=engine, x=x, lengths=lengths, batch=batch):
+            def fresh(engine=engine, x=x, lengths=lengths, batch=batch):
                 state = create_state(engine.config, batch)
                 return prefill(engine, state, x, lengths).io.logits
 
-            sec = timed(run, repeats=5, warmup=2)
-            row("prefill", f"B={batch} S={s} kernels={kernels}", ms=round(sec * 1e3, 2))
-            del engine
+            box = [create_state(engine.config, batch)]
+
+            def reused(engine=engine, x=x, lengths=lengths, box=box):
+                # as a server does: the last request's state is donated, its buffers reused
+                box[0] = prefill(engine, box[0], x, lengths)
+                return box[0].io.logits
+
+            for name, fn in (("fresh", fresh), ("reused", reused)):
+                sec = timed(fn, repeats=5, warmup=2)
+                row("prefill", f"B={batch} S={s} kernels={kernels} state={name}",
+                    ms=round(sec * 1e3, 2))  # fmt: skip
+            del engine, box
+
+
+def flash_section() -> None:
+    hq, hkv, d, s = 32, 8, 64, 2048
+    for batch in (1, 8):
+        key = jax.random.PRNGKey(2)
+        q = jax.random.normal(key, (batch, s, hq, d), jnp.bfloat16)
+        k = jax.random.normal(jax.random.fold_in(key, 1), (batch, s, hkv, d), jnp.bfloat16)
+        v = jax.random.normal(jax.random.fold_in(key, 2), (batch, s, hkv, d), jnp.bfloat16)
+        lengths = jnp.full((batch,), s, jnp.int32)
+        for with_lengths in (False, True):
+
+            def run(q, k, v, lengths, with_lengths=with_lengths):
+                out = q
+                for _ in range(16):  # as 16 layers: each call depends on the last
+                    out = jax.nn.dot_product_attention(
+                        out, k, v, is_causal=True, implementation="cudnn",
+                        query_seq_lengths=lengths if with_lengths else None,
+                        key_value_seq_lengths=lengths if with_lengths else None,
+                    )  # fmt: skip
+                return out
+
+            sec = timed(jax.jit(run), q, k, v, lengths, repeats=10) / 16
+            flops = 4 * batch * hq * s * s * d / 2  # QK^T and PV, causal half
+            row(
+                "flash",
+                f"B={batch} S={s} causal lengths={with_lengths}",
+                ms_per_layer=round(sec * 1e3, 4),
+                tflop_s=round(flops / sec / 1e12, 1),
+            )
+
+
+def loop_section() -> None:
+    """Per-call vs per-token cost of `decode_while` (B=1, context 2048, capacity 4096).
+
+    The state is reused (prefill donates the last one). ``prev=held``: the last call's result is
+    still alive during the call (its output buffers cannot be recycled, so the new ones get other
+    addresses); ``prev=dropped``: it is deleted first. A gap between the two is the cost of
+    re-recording the loop's command buffer for new buffer addresses.
+    """
+    from edgellm_fn import create_state, embed, prefill
+    from edgellm_fn.runtime import loops
+    from edgellm_fn.runtime.sampling import SamplingConfig, make_sampling_params
+
+    batch, ctx = 1, 2048
+    engine = _engine("auto", 4096, batch, ctx)
+    ids = np.random.RandomState(0).randint(0, 1000, (batch, ctx)).astype(np.int32)
+    lengths = np.full((batch,), ctx)
+    x = embed(engine, ids)
+    config, params = make_sampling_params(
+        batch, vocab_size=engine.config.model.vocab_size, top_k=1,
+        config=SamplingConfig(max_top_k=1),
+    )  # fmt: skip
+    state = prefill(engine, create_state(engine.config, batch, config), x, lengths)
+    flags = os.environ.get("XLA_FLAGS", "")
+    cb = flags.split("command_buffer=")[1].split()[0] if "command_buffer=" in flags else "default"
+    for tokens in (32, 256):
+        limits = loops.token_limits(engine, lengths, tokens)
+        for prev in ("held", "dropped"):
+            res, totals, dispatches = None, [], []
+            for i in range(6):
+                state = prefill(engine, state, x, lengths)
+                if prev == "dropped":
+                    res = None
+                jax.block_until_ready(state)
+                t = time.perf_counter()
+                state, res = loops.decode_while(
+                    engine, state, config, params, jax.random.PRNGKey(0), limits, eos_ids=(),
+                    max_new_tokens=tokens,
+                )  # fmt: skip
+                dispatch = time.perf_counter() - t
+                jax.block_until_ready(res.tokens)
+                if i >= 2:  # the first calls compile and settle the allocator
+                    totals.append(time.perf_counter() - t)
+                    dispatches.append(dispatch)
+            total = statistics.median(totals)
+            row(
+                "loop",
+                f"cb={cb} tokens={tokens} prev={prev}",
+                dispatch_ms=round(statistics.median(dispatches) * 1e3, 2),
+                total_ms=round(total * 1e3, 2),
+                ms_per_token=round(total / tokens * 1e3, 4),
+            )
+    del state, res, engine
 
 
 def main() -> int:
@@ -310,6 +408,8 @@ def main() -> int:
         "attention": attention_section,
         "decode": lambda: decode_section(copy_gbs, decode_cases),
         "prefill": lambda: prefill_section([(1, 2048, modes), (8, 2048, ("auto",))]),
+        "flash": flash_section,
+        "loop": loop_section,
     }
     if "ceiling" in sections:
         try:

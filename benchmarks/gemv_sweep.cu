@@ -1,5 +1,5 @@
 // GEMV launch-configuration sweep on the GPU (a benchmark, not a test): every Llama-3.2-1B
-// projection at M = 1 and M = 8 (against cuBLAS at M = 8), 16 distinct weight copies (as 16 layers, past L2) launched back to back
+// projection at M = 1 and M = 8/16 (tensor-core kernel and cuBLAS at M = 8/16), 16 distinct weight copies (as 16 layers, past L2) launched back to back
 // in a CUDA graph, for each (rows per block kR, loads in flight kPre, warps per block) of the
 // fused GEMV kernel (edgellm_fn/ffi/gemv_kernels.cuh); then the whole 16-layer GEMV chain with the
 // shipped configurations. Prints GB/s of weights streamed. (For the copy ceiling use
@@ -10,7 +10,10 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -65,6 +68,7 @@ Buffers Make(const Shape& s) {
   b.nw = Alloc(s.k, 5);
   b.res = Alloc(16 * s.n, 7);
   b.out = Alloc(16 * s.n, 9);
+  CHECK(cudaDeviceSynchronize());  // Fill ran on the legacy stream
   return b;
 }
 
@@ -118,30 +122,68 @@ xla::ffi::Error Run(cudaStream_t st, const Plan& p) {
   return Launch<Bf16Tag, uint16_t, kM, kR, kPre, kNorm, kGated, kW>(st, p);
 }
 
-// M = 8 rows: the kernel's configurations against cuBLAS (bf16 GEMM, f32 accumulate, the plain
-// product without the fused norm/gate/residual, so cuBLAS is favoured) on the same weights.
-template <bool kNorm, bool kGated>
-void SweepM8(cudaStream_t st, cublasHandle_t h, const Shape& s) {
-  constexpr int kM = 8;
+template <bool kNorm, bool kGated, int kNT, int kW, int kPre>
+xla::ffi::Error RunMma(cudaStream_t st, const Plan& p) {
+  return edgellm::gemv::LaunchMma<Bf16Tag, uint16_t, kNT, kW, kPre, kNorm, kGated>(st, p);
+}
+
+// Largest |a - b| / max|b| over the first m x n_out outputs of two runs (a check, not a test).
+float RelDiff(const uint16_t* a, const uint16_t* b, size_t n) {
+  std::vector<uint16_t> ha(n), hb(n);
+  CHECK(cudaMemcpy(ha.data(), a, n * 2, cudaMemcpyDeviceToHost));
+  CHECK(cudaMemcpy(hb.data(), b, n * 2, cudaMemcpyDeviceToHost));
+  auto f = [](uint16_t h) {
+    uint32_t u = static_cast<uint32_t>(h) << 16;
+    float v;
+    std::memcpy(&v, &u, 4);
+    return v;
+  };
+  float worst = 0.0f, scale = 0.0f;
+  for (size_t i = 0; i < n; ++i) {
+    worst = std::fmax(worst, std::fabs(f(ha[i]) - f(hb[i])));
+    scale = std::fmax(scale, std::fabs(f(hb[i])));
+  }
+  return worst / scale;
+}
+
+// M = 8 or 16 rows: the CUDA-core kernel's configurations, the tensor-core kernel's (kW warps,
+// kPre k-steps in flight) and cuBLAS (bf16 GEMM, f32 accumulate, the plain product without the
+// fused norm/gate/residual, so cuBLAS is favoured) on the same weights. Each tensor-core
+// configuration's output is compared with the CUDA-core kernel's (max abs diff / max |out|).
+template <int kM, bool kNorm, bool kGated>
+void SweepM(cudaStream_t st, cublasHandle_t h, const Shape& s) {
+  constexpr int kNT = kM / 8;
   struct Cfg {
+    const char* kind;
     int r, pre, w;
     LaunchFn fn;
   };
   const Cfg cfgs[] = {
-#define C(R, P, W) {R, P, W, Run<kNorm, kGated, R, P, W, kM>}
-      C(2, 1, 8), C(4, 1, 8), C(8, 1, 8), C(2, 2, 8), C(4, 2, 8), C(2, 1, 4), C(4, 1, 4),
-      C(8, 1, 4), C(4, 2, 4), C(2, 4, 4), C(4, 1, 2), C(8, 1, 2), C(2, 2, 16), C(4, 1, 16),
+#define C(R, P, W) {"cuda-core", R, P, W, Run<kNorm, kGated, R, P, W, kM>}
+#define T(W, P) {"mma", 16, P, W, RunMma<kNorm, kGated, kNT, W, P>}
+      C(4, 1, 8), C(4, 2, 8), C(2, 1, 4), C(4, 1, 4),
+      T(2, 2), T(2, 4), T(4, 2), T(4, 4), T(4, 8), T(8, 2), T(8, 4), T(8, 8), T(16, 2), T(16, 4),
+      T(16, 8), T(32, 2), T(32, 4),
 #undef C
+#undef T
   };
   Buffers b = Make(s);
+  uint16_t* want;
+  const size_t n_out = static_cast<size_t>(kM) * (s.gated ? s.n / 2 : s.n);
+  CHECK(cudaMalloc(&want, n_out * 2));
+  Run<kNorm, kGated, 4, 1, 8, kM>(st, MakePlan(s, b, 0, kM));
+  CHECK(cudaMemcpyAsync(want, b.out, n_out * 2, cudaMemcpyDeviceToDevice, st));
+  CHECK(cudaStreamSynchronize(st));
   const double bytes = static_cast<double>(s.n) * s.k * 2;
   for (const Cfg& c : cfgs) {
-    if (kGated && c.r < 2) continue;
     const float us = TimeGraph(st, kLayers, [&] {
       for (int l = 0; l < kLayers; ++l) c.fn(st, MakePlan(s, b, l, kM));
     });
-    std::printf("m8 %-8s kR=%d kPre=%d warps=%2d  %7.2f us  %6.0f GB/s\n", s.name, c.r, c.pre,
-                c.w, us, bytes / us / 1e3);
+    c.fn(st, MakePlan(s, b, 0, kM));
+    CHECK(cudaStreamSynchronize(st));
+    std::printf("m%d %-8s %-9s kR=%2d kPre=%d warps=%2d  %7.2f us  %6.0f GB/s  diff %.1e\n", kM,
+                s.name, c.kind, c.r, c.pre, c.w, us, bytes / us / 1e3,
+                RelDiff(b.out, want, n_out));
   }
   const float alpha = 1.0f, beta = 0.0f;
   const float us = TimeGraph(st, kLayers, [&] {
@@ -152,8 +194,10 @@ void SweepM8(cudaStream_t st, cublasHandle_t h, const Shape& s) {
                    CUBLAS_GEMM_DEFAULT);
     }
   });
-  std::printf("m8 %-8s cuBLAS GemmEx            %7.2f us  %6.0f GB/s\n", s.name, us,
+  std::printf("m%d %-8s cuBLAS GemmEx                    %7.2f us  %6.0f GB/s\n", kM, s.name, us,
               bytes / us / 1e3);
+  for (uint16_t* w : b.w) CHECK(cudaFree(w));
+  CHECK(cudaFree(want));
 }
 
 template <bool kNorm, bool kGated>
@@ -198,10 +242,12 @@ int main(int argc, char** argv) {
   cublasHandle_t h;
   cublasCreate(&h);
   cublasSetStream(h, st);
-  SweepM8<true, false>(st, h, qkv);
-  SweepM8<false, false>(st, h, o);
-  SweepM8<true, true>(st, h, gu);
-  SweepM8<false, false>(st, h, down);
+  SweepM<8, true, false>(st, h, qkv);
+  SweepM<8, false, false>(st, h, o);
+  SweepM<8, true, true>(st, h, gu);
+  SweepM<8, false, false>(st, h, down);
+  SweepM<16, true, true>(st, h, gu);
+  SweepM<16, false, false>(st, h, down);
   if (!m1) return 0;
   // The 16-layer chain with the shipped configurations (LaunchGemv), as in a decode step.
   Buffers bq = Make(qkv), bo = Make(o), bg = Make(gu), bd = Make(down);

@@ -48,9 +48,22 @@ __global__ void CopyKvRowsKernel(const __grid_constant__ CopyTable t) {
   const auto bits = reinterpret_cast<uintptr_t>(src) | reinterpret_cast<uintptr_t>(dst) |
                     static_cast<uintptr_t>(bytes);
   if ((bits & 15) == 0) {
-    const uint4* s = reinterpret_cast<const uint4*>(src);
-    uint4* d = reinterpret_cast<uint4*>(dst);
-    for (; i < bytes / 16; i += stride) d[i] = s[i];
+    // All of a thread's loads are issued before its stores (the arrays never overlap), so
+    // kVecPerThread 16-byte loads per thread are in flight at once.
+    const uint4* __restrict__ s = reinterpret_cast<const uint4*>(src);
+    uint4* __restrict__ d = reinterpret_cast<uint4*>(dst);
+    const int64_t nv = bytes / 16;
+    for (; i < nv; i += stride * kVecPerThread) {
+      uint4 v[kVecPerThread];
+#pragma unroll
+      for (int u = 0; u < kVecPerThread; ++u) {
+        if (i + u * stride < nv) v[u] = s[i + u * stride];
+      }
+#pragma unroll
+      for (int u = 0; u < kVecPerThread; ++u) {
+        if (i + u * stride < nv) d[i + u * stride] = v[u];
+      }
+    }
   } else {
     for (; i < n; i += stride) dst[i] = src[i];
   }

@@ -73,9 +73,12 @@ def kernel_support(cfg: EngineConfig, batch: int, platform: str) -> str | None:
     return None
 
 
-#: Rows up to which the fused GEMV beats XLA's (measured on an H200: at 8 rows cuBLAS wins,
-#: BENCHMARKS.md); past it the projections use the XLA path and attention stays fused.
+#: Rows up to which every fused GEMV beats XLA's (measured on an H200, BENCHMARKS.md); past it
+#: the normed projections (QKV, gate/up) use the XLA path and attention stays fused.
 GEMV_ROWS = 2
+#: Rows up to which the O and down projections (+ residual; few output tiles, long K) still
+#: beat cuBLAS on the tensor-core GEMV (at 16 rows cuBLAS wins again).
+RESIDUAL_GEMV_ROWS = 8
 
 
 def _ops(use_kernels: bool):
@@ -108,6 +111,7 @@ def decode_layers(
       ``(hidden [B, H] before the final norm, k_caches, v_caches)``.
     """
     linear, attend = _ops(use_kernels)
+    residual_linear = linear if x.shape[0] <= RESIDUAL_GEMV_ROWS else gemv_ref
     if x.shape[0] > GEMV_ROWS:
         linear = gemv_ref
     eps = cfg.rms_norm_eps
@@ -127,7 +131,7 @@ def decode_layers(
             window=cfg.sliding_windows[i],
             scale=cfg.attn_scale,
         )
-        x = linear(attn, lp["wo"], bias=lp.get("bo"), residual=x)
+        x = residual_linear(attn, lp["wo"], bias=lp.get("bo"), residual=x)
         h = linear(
             x,
             lp["w_gate_up"],
@@ -137,7 +141,7 @@ def decode_layers(
             gated=True,
             activation=cfg.hidden_act,
         )
-        x = linear(h, lp["w_down"], bias=lp.get("b_down"), residual=x)
+        x = residual_linear(h, lp["w_down"], bias=lp.get("b_down"), residual=x)
         if i < len(deepstack):
             x = x + deepstack[i].astype(x.dtype)
         new_k.append(k)

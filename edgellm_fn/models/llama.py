@@ -176,6 +176,17 @@ def write_kv(cache: jax.Array, new: jax.Array, write_pos: jax.Array) -> jax.Arra
     return cache.at[rows, :, write_pos].set(new.astype(cache.dtype), mode="drop")
 
 
+def write_kv_fresh(cache: jax.Array, new: jax.Array) -> jax.Array:
+    """Writes ``new`` ``[B, S, Hkv, D]`` into slots ``[0, S)`` of ``cache`` ``[B, Hkv, C, D]``.
+
+    For a fresh prefill (every row starts at slot 0): one slice update instead of a scatter.
+    Padding lands in slots past a row's length, which nothing reads before they are written.
+    """
+    return jax.lax.dynamic_update_slice(
+        cache, new.transpose(0, 2, 1, 3).astype(cache.dtype), (0, 0, 0, 0)
+    )
+
+
 def decoder_layer(
     cfg: ModelConfig,
     lp: Params,
@@ -222,8 +233,11 @@ def decoder_layer(
         q = rms_norm(q, lp["q_norm"], eps, off)
         k = rms_norm(k, lp["k_norm"], eps, off)
     q, k = apply_rope(q, cos_sin), apply_rope(k, cos_sin)
-    k_cache = write_kv(k_cache, k, write_pos)
-    v_cache = write_kv(v_cache, v, write_pos)
+    if flash and s <= k_cache.shape[2]:
+        k_cache, v_cache = write_kv_fresh(k_cache, k), write_kv_fresh(v_cache, v)
+    else:
+        k_cache = write_kv(k_cache, k, write_pos)
+        v_cache = write_kv(v_cache, v, write_pos)
     scale = cfg.attn_scale
     if flash:
         attn = attend_fresh(q, k, v, context_lengths, window, scale)
