@@ -7,8 +7,8 @@ GB/s = bytes read + written (twice the saved payload: sum over arrays of Hkv * s
 itemsize) / time, the memcpy's convention. Each op is timed as a long chain: ``--iters`` calls
 issued back to back (restores chained through their donated caches), one sync at the end, the
 total divided by the calls, so host dispatch overlaps the device work. The ceiling on the GPU
-is ``cudaMemcpyAsync`` device to device (cupy), timed by CUDA events, of the payload's size and
-of 4 GiB; on the CPU an XLA copy of the payload. Writes JSON to
+is ``cudaMemcpyAsync`` device to device (``bench.ceilings``), timed by CUDA events, of the
+payload's size and of 4 GiB; on the CPU a jitted copy of the payload. Writes JSON to
 benchmarks/results/kv_save_restore_<platform>.json.
 """
 
@@ -18,7 +18,6 @@ import argparse
 import functools
 import json
 import pathlib
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from edgellm_fn import ffi
+from edgellm_fn.bench.ceilings import measure_copy_bandwidth
 
 
 def _chain_seconds(fn: Callable[[], object], iters: int) -> float:
@@ -39,27 +39,6 @@ def _chain_seconds(fn: Callable[[], object], iters: int) -> float:
         out = fn()
     jax.block_until_ready(out)
     return (time.perf_counter() - t0) / iters
-
-
-def _memcpy_seconds(nbytes: int) -> float:
-    """Median seconds of a device-to-device ``cudaMemcpyAsync`` of ``nbytes`` (CUDA events)."""
-    import cupy as cp
-
-    src, dst = cp.empty(nbytes, cp.uint8), cp.empty(nbytes, cp.uint8)
-    src[:] = 7
-    stream = cp.cuda.Stream(non_blocking=True)
-    start, stop = cp.cuda.Event(), cp.cuda.Event()
-    times = []
-    for i in range(13):
-        start.record(stream)
-        cp.cuda.runtime.memcpyAsync(dst.data.ptr, src.data.ptr, nbytes, 3, stream.ptr)
-        stop.record(stream)
-        stop.synchronize()
-        if i >= 3:
-            times.append(cp.cuda.get_elapsed_time(start, stop) / 1e3)
-    if int(dst[nbytes - 1]) != 7:
-        raise RuntimeError("the memcpy ceiling did not copy")
-    return statistics.median(times)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -82,17 +61,13 @@ def run(args: argparse.Namespace) -> dict:
     restore = donate(lambda ls, s: ffi.instantiate_kv_cache_batched(ls, s, b))
     restore_ref = donate(lambda ls, s: ffi.instantiate_kv_cache_batched_ref(ls, s, b))
 
+    # The ceiling as seconds for the payload: a memcpy of the payload's size and of 4 GiB on the
+    # GPU (bench.ceilings: cudaMemcpyAsync D2D, CUDA events), a jitted copy elsewhere.
     t = {}
-    if args.platform == "gpu":
-        t["memcpy_payload"] = _memcpy_seconds(payload)
-        t["memcpy_4gib"] = _memcpy_seconds(4 << 30) * payload / (4 << 30)  # scaled to the payload
-    else:
-        flat = put(jnp.ones((payload // dtype.itemsize,), dtype))
-        copy = jax.jit(lambda x: x.copy())
-        if copy(flat).unsafe_buffer_pointer() == flat.unsafe_buffer_pointer():
-            raise RuntimeError("the copy baseline was elided (output aliases input)")
-        t["xla_copy"] = _chain_seconds(lambda: copy(flat), args.iters)
-    ceiling = "memcpy_4gib" if args.platform == "gpu" else "xla_copy"
+    for name, nbytes in (("memcpy_payload", payload), ("memcpy_4gib", 4 << 30)):
+        bandwidth, how = measure_copy_bandwidth(nbytes if args.platform == "gpu" else payload)
+        t[name if how.startswith("cudaMemcpy") else "xla_copy"] = 2 * payload / bandwidth
+    ceiling = "memcpy_4gib" if "memcpy_4gib" in t else "xla_copy"
     t["save_batched"] = _chain_seconds(lambda: save(layers), args.iters)
     t["save_batched_ref"] = _chain_seconds(lambda: save_ref(layers), args.iters)
     box = [layers]
