@@ -60,6 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--new", type=int, default=64, help="max new tokens per row")
     ap.add_argument("--trees", nargs="+", default=["1x4x5", "4x3x16"], help="KxSTEPSxV")
+    ap.add_argument(
+        "--drafts",
+        nargs="+",
+        default=["trained", "random", "oracle"],
+        choices=["trained", "random", "oracle"],
+    )
+    ap.add_argument("--kv-capacity", type=int, default=None, help="default: prompt + new + tree")
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--platform", default=jax.default_backend())
@@ -73,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         trained = str(DEMO_HEAD)
 
     model, params = ef.load_checkpoint(args.model, dtype=args.dtype)
-    limits = dict(max_batch_size=args.batch, max_input_len=32, kv_capacity=128)
+    trees = [tuple(int(x) for x in t.split("x")) for t in args.trees]
+    kv_capacity = args.kv_capacity or -(-(32 + args.new + max(v for *_, v in trees)) // 64) * 64
+    limits = dict(max_batch_size=args.batch, max_input_len=32, kv_capacity=kv_capacity)
     cfg = ef.EngineConfig.create(model, dtype=args.dtype, **limits)
     tok = ef.Tokenizer.from_dir(args.model, vocab_size=model.vocab_size)
     prompts = [tok.encode(PROMPTS[i % len(PROMPTS)]) for i in range(args.batch)]
@@ -83,10 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     lim = loops.token_limits(van, lengths, args.new)
     samp, sparams = ef.make_sampling_params(args.batch, vocab_size=model.vocab_size, top_k=1)
 
-    def vanilla():
-        state = ef.prefill(van, ef.create_state(cfg, args.batch), ef.embed(van, ids), lengths)
+    def vanilla(engine):
+        state = ef.prefill(engine, ef.create_state(cfg, args.batch), ef.embed(engine, ids), lengths)
         return ef.decode_while(
-            van,
+            engine,
             state,
             samp,
             sparams,
@@ -96,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             max_new_tokens=args.new,
         )[1]
 
-    t_van, vres = _median(vanilla, args.iters)
+    t_van, vres = _median(lambda: vanilla(van), args.iters)
     n_tokens = int(np.sum(np.asarray(vres.num_tokens)))
     rows = [
         {
@@ -109,29 +118,46 @@ def main(argv: list[str] | None = None) -> int:
             "speedup": 1.0,
         }
     ]
+    fast = ef.XlaEngine(cfg, params, kernels="auto")
+    if fast.decode_path(args.batch)[0] == "kernels":
+        # The fused-kernel vanilla path (the spec base runs the reference layers: the fused
+        # kernels take no tree mask), as a second reference point.
+        t_fast, fres = _median(lambda: vanilla(fast), args.iters)
+        n_fast = int(np.sum(np.asarray(fres.num_tokens)))
+        rows.append(
+            {
+                "draft": "none (fused kernels)",
+                "tree": None,
+                "seconds": t_fast,
+                "tokens": n_fast,
+                "tokens_per_s": n_fast / t_fast,
+                "mean_accepted": 1.0,
+                "speedup": t_van / t_fast,
+            }
+        )
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
         layers = model.num_hidden_layers
         draft_dir = random_eagle3_checkpoint(
             pathlib.Path(tmp) / "draft", model, aux_layer_ids=(1, layers // 2, layers - 1)
         )
-        for tree in args.trees:
-            k, steps, v = (int(x) for x in tree.split("x"))
+        for tree, (k, steps, v) in zip(args.trees, trees, strict=True):
             shape = dict(tree_topk=k, tree_steps=steps, verify_size=v)
-            pairs = {
-                "random": load_spec_engines(
+            pairs = {}
+            if "random" in args.drafts:
+                pairs["random"] = load_spec_engines(
                     args.model, draft_dir, dtype=args.dtype, **shape, **limits
                 )
-            }
-            if trained:
+            if trained and "trained" in args.drafts:
                 pairs["trained"] = load_spec_engines(
                     args.model, trained, dtype=args.dtype, **shape, **limits
                 )
             bundle = SpecDecodeConfig(
                 base=cfg, draft=oracle_dims(model, (0, 1, 2)), max_verify_tree_size=v, **shape
             )
-            base = XlaSpecBaseEngine(bundle, params)
-            pairs["oracle"] = (base, OracleDraftEngine.from_base(base))
+            if "oracle" in args.drafts:
+                base = XlaSpecBaseEngine(bundle, params)
+                pairs["oracle"] = (base, OracleDraftEngine.from_base(base))
             for name, (b, d) in pairs.items():
 
                 def spec(b=b, d=d):
@@ -161,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
     for r in rows:
         print(
-            f"{r['draft']:7} {r['tree'] or '-':8} {r['tokens_per_s']:9.1f} tok/s  "
+            f"{r['draft']:21} {r['tree'] or '-':8} {r['tokens_per_s']:9.1f} tok/s  "
             f"accepted/step {r['mean_accepted']:.2f}  x{r['speedup']:.2f}"
             + ("" if r.get("tokens_equal_vanilla", True) else "  TOKENS DIFFER")
         )
@@ -174,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 "batch": args.batch,
                 "new": args.new,
                 "dtype": args.dtype,
+                "kv_capacity": kv_capacity,
                 "trained_draft": trained,
                 "device": str(jax.devices()[0]),
                 "rows": rows,

@@ -73,6 +73,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--greedy-prompt", type=int, default=32, help="their prompt length")
     p.add_argument("--greedy-frac", type=float, default=0.5, help="share of each batch")
     p.add_argument("--measure-tokens", type=int, default=96, help="new tokens per prompt")
+    p.add_argument(
+        "--measure-trees", nargs="+", default=list(TREES), choices=list(TREES), metavar="TREE"
+    )
+    p.add_argument(
+        "--measure-dtypes",
+        nargs="+",
+        default=["float32", "bfloat16"],
+        choices=["float32", "bfloat16"],
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stdlib", type=Path, default=None, help="default: the running Python's")
     return p.parse_args(argv)
@@ -321,7 +330,15 @@ def main(argv: list[str] | None = None) -> None:
     size = (args.out / "model.safetensors").stat().st_size
     log(f"wrote {args.out} (model.safetensors {size} bytes)")
 
-    accept = measure_acceptance(args.base, args.out, held_tokens, args.measure_tokens, log)
+    accept = measure_acceptance(
+        args.base,
+        args.out,
+        held_tokens,
+        args.measure_tokens,
+        log,
+        trees={t: TREES[t] for t in args.measure_trees},
+        dtypes=args.measure_dtypes,
+    )
     report = {
         "command": command,
         "steps": args.steps,
@@ -356,6 +373,7 @@ def model_card(r: dict[str, Any], cfg: dict[str, Any]) -> str:
         f"| {a[dt]['rounds']} | {a[dt]['accepted_per_round']:.2f} | {a[dt]['rows_equal_vanilla']} |"
         for name, a in r["acceptance"].items()
         for dt in ("float32", "bfloat16")
+        if dt in a
     )
     match = ", ".join(f"{m:.3f}" for m in r["heldout_top1_match"])
     aux = cfg["eagle_config"]["eagle_aux_hidden_state_layer_ids"]
@@ -459,11 +477,17 @@ def measure_prompts(held_tokens: np.ndarray, n_held: int = 4, length: int = 48) 
 
 
 def measure_acceptance(
-    base_dir: Path, draft_dir: Path, held_tokens: np.ndarray, max_new: int, log
+    base_dir: Path,
+    draft_dir: Path,
+    held_tokens: np.ndarray,
+    max_new: int,
+    log,
+    trees: dict[str, tuple[int, int, int]] = TREES,
+    dtypes: list[str] = ("float32", "bfloat16"),
 ) -> dict[str, dict[str, Any]]:
-    """Mean accepted tokens per base step (bonus included) of each tree in ``TREES``, with
-    ``spec_decode_generate`` on ``measure_prompts``, in float32 and in bfloat16 (as shipped),
-    and how many rows equal vanilla greedy decoding of the same dtype."""
+    """Mean accepted tokens per base step (bonus included) of each tree of ``trees``, with
+    ``spec_decode_generate`` on ``measure_prompts``, in each of ``dtypes`` (bfloat16 as
+    shipped), and how many rows equal vanilla greedy decoding of the same dtype."""
     from edgellm_fn.engine.loading import load_engine
     from edgellm_fn.engine.xla_spec import load_spec_engines
     from edgellm_fn.runtime.generate import generate
@@ -475,10 +499,10 @@ def measure_acceptance(
     tok = Tokenizer.from_dir(base_dir)
     prompts = [tok.encode(p)[:64] for p in prompts_text]
     out: dict[str, dict[str, Any]] = {}
-    for dtype in ("float32", "bfloat16"):
+    for dtype in dtypes:
         engine = load_engine(base_dir, dtype=dtype, **limits)
         vanilla = generate(engine, tok, prompts, max_new_tokens=max_new, top_k=1, loop="while")
-        for name, (k, steps, v) in TREES.items():
+        for name, (k, steps, v) in trees.items():
             base, draft = load_spec_engines(
                 base_dir,
                 draft_dir,
