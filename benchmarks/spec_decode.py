@@ -12,6 +12,10 @@ no speed target). All run the reference path (``engine/xla_spec.py``); vanilla r
 reference layers (``kernels="off"``). Tokens must be equal; the script exits 1 when they are
 not.
 Times: the median of ``--iters`` whole generations (one jitted while loop each) after a warm-up.
+``--breakdown`` adds each trained tree's round split into its public steps (``propose``,
+``verify_tree``, ``accept``; each a separate jitted call, so host dispatch included) beside the
+in-loop round time (loop seconds / max rounds of a row) and the vanilla step (seconds / tokens
+of a row).
 Writes JSON to ``benchmarks/results/spec_decode_<platform>_b<batch>.json``.
 """
 
@@ -51,6 +55,25 @@ def _median(fn, iters: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
+def _round_breakdown(base, draft, ids, lengths, rounds: int = 8) -> dict[str, float]:
+    """Median milliseconds of each public step over ``rounds`` rounds after a prefill."""
+    state = sd.spec_prefill(
+        base, draft, sd.create_spec_state(base.bundle, ids.shape[0]), ids, lengths
+    )
+    times: dict[str, list[float]] = {"propose": [], "verify_tree": [], "accept": []}
+    steps = (
+        ("propose", lambda s: sd.propose(draft, s)),
+        ("verify_tree", lambda s: sd.verify_tree(base, s)),
+        ("accept", lambda s: sd.accept(base, draft, s)[0]),
+    )
+    for _ in range(rounds + 1):  # the first round compiles
+        for name, fn in steps:
+            t0 = time.perf_counter()
+            state = jax.block_until_ready(fn(state))
+            times[name].append(time.perf_counter() - t0)
+    return {k: 1e3 * statistics.median(v[1:]) for k, v in times.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(DEMO))
@@ -68,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--kv-capacity", type=int, default=None, help="default: prompt + new + tree")
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--breakdown", action="store_true", help="time a round's steps (trained)")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--platform", default=jax.default_backend())
     args = ap.parse_args(argv)
@@ -170,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
 
                 t, res = _median(spec, args.iters)
                 res = jax.device_get(res)
+                extra = {}
+                if args.breakdown and name == "trained":
+                    extra["round_ms"] = _round_breakdown(b, d, ids, lengths)
+                    extra["round_ms_in_loop"] = 1e3 * t / int(np.max(res.rounds))
+                    extra["vanilla_step_ms"] = 1e3 * t_van / int(np.max(vres.num_tokens))
+                    print(f"  {tree}: {extra}")
                 n = vres.tokens.shape[1]
                 equal = bool((np.asarray(res.tokens)[:, :n] == np.asarray(vres.tokens)).all())
                 ok &= equal
@@ -183,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                         "mean_accepted": res.mean_accepted(),
                         "speedup": t_van / t,
                         "tokens_equal_vanilla": equal,
+                        **extra,
                     }
                 )
     for r in rows:

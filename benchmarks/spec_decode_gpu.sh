@@ -3,7 +3,7 @@
 # byte-level base (examples/train_demo_model.py, ~365M parameters by default) and its EAGLE3 head
 # (examples/train_eagle3_head.py) on the host's Python stdlib, then time speculative vs vanilla
 # greedy decoding (benchmarks/spec_decode.py) at each batch size.
-#   benchmarks/spec_decode_gpu.sh [train|bench|all]        (default all)
+#   benchmarks/spec_decode_gpu.sh [train|bench|all] [spec_decode.py args]   (default all)
 # Checkpoints: ${SPEC_DIR:-build/spec_gpu}/{base,head}/ (a stage whose output exists is skipped,
 # so `train` and `bench` can run as two device calls). Needs optax (PYTHONPATH or installed).
 # Environment: PLATFORM BASE_STEPS HEAD_STEPS HIDDEN LAYERS INTERMEDIATE AUX BATCHES TREES NEW.
@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-python}"
 DIR="${SPEC_DIR:-build/spec_gpu}"
 stage="${1:-all}"
+shift || true  # the rest goes to benchmarks/spec_decode.py (e.g. --breakdown)
 LAYERS="${LAYERS:-24}"
 # Matmuls of the float32 training runs in TF32 (the saved weights are bfloat16).
 export JAX_DEFAULT_MATMUL_PRECISION="${JAX_DEFAULT_MATMUL_PRECISION:-tensorfloat32}"
@@ -35,6 +36,6 @@ fi
 if [ "$stage" != train ]; then
   for b in ${BATCHES:-1 4}; do
     "$PY" benchmarks/spec_decode.py --model "$DIR/base" --draft "$DIR/head" --batch "$b" \
-      --new "${NEW:-128}" --dtype bfloat16 --drafts trained --trees ${TREES:-1x4x5 2x6x12 4x4x16}
+      --new "${NEW:-128}" --dtype bfloat16 --drafts trained --trees ${TREES:-1x4x5 2x6x12 4x4x16} "$@"
   done
 fi

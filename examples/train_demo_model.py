@@ -46,7 +46,7 @@ CHAT_TEMPLATE = (
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("demo_model"), help="checkpoint directory")
-    p.add_argument("--platform", default="cpu", help="JAX platform: cpu, gpu, ...")
+    p.add_argument("--platform", default="cpu", help="JAX platform: cpu, gpu (= cuda), rocm, ...")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=128)
@@ -353,7 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     import jax
 
-    jax.config.update("jax_platforms", args.platform)
+    # "gpu" as jax_platforms also asks for ROCm, which fails on a CUDA host (JAX 0.11).
+    jax.config.update("jax_platforms", "cuda" if args.platform == "gpu" else args.platform)
     import jax.numpy as jnp
 
     try:

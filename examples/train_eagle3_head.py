@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", type=Path, default=REPO / "edgellm_fn" / "assets" / "demo_model")
     p.add_argument("--out", type=Path, default=Path("demo_eagle3"), help="checkpoint directory")
-    p.add_argument("--platform", default="cpu", help="JAX platform: cpu, gpu, ...")
+    p.add_argument("--platform", default="cpu", help="JAX platform: cpu, gpu (= cuda), rocm, ...")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=128)
@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     import jax
 
-    jax.config.update("jax_platforms", args.platform)
+    # "gpu" as jax_platforms also asks for ROCm, which fails on a CUDA host (JAX 0.11).
+    jax.config.update("jax_platforms", "cuda" if args.platform == "gpu" else args.platform)
     import jax.numpy as jnp
 
     try:
