@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# EAGLE3 speed-up on one GPU, offline, nothing downloaded (issue 13): train a bandwidth-bound
+# EAGLE3 speed-up on one GPU, offline, nothing downloaded (issue 13): train a
 # byte-level base (examples/train_demo_model.py, ~365M parameters by default) and its EAGLE3 head
 # (examples/train_eagle3_head.py) on the host's Python stdlib, then time speculative vs vanilla
 # greedy decoding (benchmarks/spec_decode.py) at each batch size.

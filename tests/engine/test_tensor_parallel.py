@@ -22,7 +22,7 @@ def test_tensor_parallel_cases_on_four_cpu_devices(tmp_path):
     report = tmp_path / "tp.xml"
     env = {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4",
         "JAX_PLATFORMS": "cpu",
     }
     env.pop("NCCL_NVLS_ENABLE", None)
