@@ -129,36 +129,21 @@ def main(argv: list[str] | None = None) -> int:
             max_new_tokens=args.new,
         )[1]
 
-    t_van, vres = _median(lambda: vanilla(van), args.iters)
-    n_tokens = int(np.sum(np.asarray(vres.num_tokens)))
-    rows = [
-        {
-            "draft": "none",
-            "tree": None,
-            "seconds": t_van,
-            "tokens": n_tokens,
-            "tokens_per_s": n_tokens / t_van,
-            "mean_accepted": 1.0,
-            "speedup": 1.0,
-        }
-    ]
+    def vanilla_row(name: str, engine) -> tuple[dict, float, object]:
+        t, res = _median(lambda: vanilla(engine), args.iters)
+        n = int(np.sum(np.asarray(res.num_tokens)))
+        row = {"draft": name, "tree": None, "seconds": t, "tokens": n, "tokens_per_s": n / t}
+        return {**row, "mean_accepted": 1.0}, t, res
+
+    first, t_van, vres = vanilla_row("none", van)
+    n_tokens = first["tokens"]
+    rows = [{**first, "speedup": 1.0}]
     fast = ef.XlaEngine(cfg, params, kernels="auto")
     if fast.decode_path(args.batch)[0] == "kernels":
         # The fused-kernel vanilla path (the spec base runs the reference layers: the fused
         # kernels take no tree mask), as a second reference point.
-        t_fast, fres = _median(lambda: vanilla(fast), args.iters)
-        n_fast = int(np.sum(np.asarray(fres.num_tokens)))
-        rows.append(
-            {
-                "draft": "none (fused kernels)",
-                "tree": None,
-                "seconds": t_fast,
-                "tokens": n_fast,
-                "tokens_per_s": n_fast / t_fast,
-                "mean_accepted": 1.0,
-                "speedup": t_van / t_fast,
-            }
-        )
+        row, t_fast, _ = vanilla_row("none (fused kernels)", fast)
+        rows.append({**row, "speedup": t_van / t_fast})
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
         layers = model.num_hidden_layers

@@ -40,7 +40,7 @@ def test_pattern_and_defaults():
     mc = h.mamba
     assert (mc.intermediate_size, mc.conv_dim, mc.in_proj_size) == (32, 96, 132)
     assert (mc.chunk_size, mc.activation, mc.conv_bias, mc.proj_bias) == (128, "silu", True, False)
-    assert mc.dt_limit == (0.001, math.inf) and mc.ssm_dtype == "float32"
+    assert mc.dt_limit == (0.0, math.inf) and mc.ssm_dtype == "float32"
     assert mc.norm_group_size == 16 and cfg.hidden_act == "relu2"
     assert not cfg.llama_compatible and not cfg.tie_word_embeddings
 
@@ -59,6 +59,12 @@ def test_transformers_5_layout_legacy_aliases_and_json_infinity():
     assert cfg.hybrid.layer_types == ("mamba", "attention", "mamba", "mlp")
     assert (cfg.hybrid.mamba.conv_kernel, cfg.hybrid.mamba.chunk_size) == (3, 64)
     assert cfg.hybrid.mamba.ssm_dtype == "bfloat16"
+    assert cfg.hybrid.mamba.dt_limit == (0.0, math.inf)
+
+
+def test_the_scan_clamps_dt_to_time_step_limit_not_time_step_min():
+    mc = parse(time_step_limit=[0.01, 5.0], time_step_min=0.2).hybrid.mamba
+    assert mc.dt_limit == (0.01, 5.0)
 
 
 def test_recurrent_state_bytes_count_mamba_layers_only():

@@ -322,10 +322,11 @@ def parse_nemotron_h(raw: Mapping[str, Any], arch: str, where: str) -> ModelConf
         raise ConfigError(
             f"{where}: mlp_hidden_act={show(mlp_act)} (expected one of {MLP_ACTIVATIONS})"
         )
-    dt_min = _real(_aliased(raw, "time_step_min", where), "time_step_min", where, default=0.001)
-    for key in ("time_step_max", "time_step_floor"):  # initialisation only: checked, not used
+    for key in ("time_step_min", "time_step_max", "time_step_floor"):  # initialisation only
         _real(_aliased(raw, key, where), key, where, default=0.0)
-    _time_step_limit(raw, where)  # transformers' NemotronH clamps at (time_step_min, inf)
+    # The chunked scan clamps the time step to time_step_limit, as mamba_ssm and transformers
+    # >= 5.25 do (transformers <= 5.24 clamped at (time_step_min, inf) instead).
+    dt_limit = _time_step_limit(raw, where)
     ssm_dtype = raw.get("mamba_ssm_cache_dtype") or "float32"
     mamba = MambaConfig(
         num_heads=mamba_heads,
@@ -339,7 +340,7 @@ def parse_nemotron_h(raw: Mapping[str, Any], arch: str, where: str) -> ModelConf
         proj_bias=_bool(raw, "use_bias", where, False),
         norm_eps=eps,
         norm_group_size=mamba_heads * mamba_head_dim // groups,
-        dt_limit=(dt_min, math.inf),
+        dt_limit=dt_limit,
         ssm_dtype=normalize_dtype(ssm_dtype, "mamba_ssm_cache_dtype"),
     )
     conv_dim = raw.get("conv_dim")  # Edge-LLM's convDim, when an exporter writes it

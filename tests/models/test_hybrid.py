@@ -1,9 +1,10 @@
 """NemotronH (hybrid Mamba2 + attention) against transformers, and its recurrent state.
 
 transformers runs its Mamba2 "torch_forward" reference path here (no ``mamba_ssm`` kernels).
-Its prefill (chunked scan) clamps the time step at ``time_step_min`` and its single-step decode
-does not, so decode logits are compared with transformers' own incremental decoding
-(``generate(output_logits=True)``), not with a fresh forward over the grown sequence.
+Its chunked scan clamps the time step to ``time_step_limit`` (transformers >= 5.25; earlier
+versions clamped at ``time_step_min``) and its single-step decode does not, so decode logits are
+compared with transformers' own incremental decoding (``generate(output_logits=True)``), not with
+a fresh forward over the grown sequence.
 """
 
 from __future__ import annotations
