@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from edgellm_fn import ffi
-from edgellm_fn.bench.ceilings import measure_copy_bandwidth
+from edgellm_fn.bench.ceilings import measure_copy_bandwidth, median_seconds
 
 
 def _chain_seconds(fn: Callable[[], object], iters: int) -> float:
@@ -44,21 +44,11 @@ def _chain_seconds(fn: Callable[[], object], iters: int) -> float:
     return (time.perf_counter() - t0) / iters
 
 
-def _median_seconds(fn: Callable[[], object], reps: int = 5) -> float:
-    jax.block_until_ready(fn())  # compile + warm-up
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
 def _in_program_seconds(program: Callable[[int], Callable[[], object]], n: int) -> float:
     """Device seconds per op: ``program(k)`` runs the op ``k`` times in ONE jitted program
     (distinct device row indices, so XLA can neither merge nor hoist the calls); the slope
     ``(t(n + 2) - t(2)) / n`` removes the dispatch of the program's buffers and the sync."""
-    return (_median_seconds(program(n + 2)) - _median_seconds(program(2))) / n
+    return (median_seconds(program(n + 2)) - median_seconds(program(2))) / n
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -68,7 +68,8 @@ def prefill_flops(cfg: ModelConfig, batch: int, tokens: int) -> float:
     return dense + head + attn
 
 
-def _median_seconds(fn, args, repeats: int) -> float:
+def median_seconds(fn, args: tuple = (), repeats: int = 5) -> float:
+    """Median wall seconds of ``fn(*args)`` (blocked) over ``repeats`` calls after a warm-up."""
     jax.block_until_ready(fn(*args))  # compile + warm
     times = []
     for _ in range(repeats):
@@ -97,7 +98,7 @@ def measure_copy_bandwidth(nbytes: int, repeats: int = 10) -> tuple[float, str]:
     if y.unsafe_buffer_pointer() == x.unsafe_buffer_pointer():
         raise RuntimeError("measure_copy_bandwidth: jnp.copy returned its input; nothing copied")
     del y
-    return 2 * x.nbytes / _median_seconds(copy, (x,), repeats), "jitted jnp.copy"
+    return 2 * x.nbytes / median_seconds(copy, (x,), repeats), "jitted jnp.copy"
 
 
 def _cuda_memcpy_bandwidth(x: jax.Array, repeats: int) -> float:
@@ -139,7 +140,7 @@ def measure_matmul_rate(n: int, repeats: int = 10) -> float:
     k1, k2 = jax.random.split(jax.random.PRNGKey(0))
     a = jax.random.normal(k1, (n, n), jnp.bfloat16)
     b = jax.random.normal(k2, (n, n), jnp.bfloat16)
-    return 2.0 * n**3 / _median_seconds(jax.jit(jnp.matmul), (a, b), repeats)
+    return 2.0 * n**3 / median_seconds(jax.jit(jnp.matmul), (a, b), repeats)
 
 
 def measure_limits(copy_bytes: int | None = None, matmul_n: int | None = None) -> dict:
