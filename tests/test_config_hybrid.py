@@ -105,6 +105,8 @@ def test_missing_mamba_field_is_named(field):
         (dict(mamba_hidden_act="tanh"), "mamba_hidden_act='tanh'"),
         (dict(mlp_hidden_act="swiglu"), "mlp_hidden_act='swiglu'"),
         (dict(time_step_limit=[1.0, 0.0]), "time_step_limit=\\[1.0, 0.0\\]"),
+        (dict(time_step_limit=[-1.0, -0.5]), "time_step_limit=\\[-1.0, -0.5\\].*hi > 0"),
+        (dict(time_step_limit=[{"__float__": "Infinity"}] * 2), "time_step_limit=.*lo finite"),
         (dict(mamba_proj_bias=True), "mamba_proj_bias=True .*ignores it"),
         (dict(residual_in_fp32=True), "residual_in_fp32=True"),
         (dict(attention_bias=True), "attention_bias=True \\(expected absent or null"),

@@ -260,9 +260,13 @@ def _time_step_limit(raw: Mapping[str, Any], where: str) -> tuple[float, float]:
         return float(v)
 
     pair = [number(v) for v in value] if isinstance(value, list) else []
-    if len(pair) != 2 or None in pair or any(math.isnan(v) for v in pair) or pair[0] > pair[1]:
+    bad = len(pair) != 2 or None in pair or any(math.isnan(v) for v in pair)
+    # The scan clamps softplus(dt) >= 0 into [lo, hi]: an infinite lo or hi <= 0 gives NaN or
+    # a state that grows without bound.
+    if bad or not math.isfinite(pair[0]) or pair[0] > pair[1] or pair[1] <= 0:
         raise ConfigError(
-            f"{where}: time_step_limit={show(value)} (expected [lo, hi] numbers with lo <= hi)"
+            f"{where}: time_step_limit={show(value)} (expected [lo, hi] numbers with lo finite, "
+            "lo <= hi and hi > 0)"
         )
     return (pair[0], pair[1])
 
